@@ -1,0 +1,5 @@
+import sys
+
+from leukoml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""One table of every backbone leukoml can train, declared as data.
+
+The 40 `keras.applications` models of Table 2 in Katar et al. (2023), with the
+table's parameter count (millions, with the ImageNet top) and tier, plus the
+small CNN of Asghar et al. (2022). `min_size` is the smallest square input the
+model builds at without its top (measured; `tests/test_backbones.py` builds
+every entry there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from leukoml.errors import LeukomlError
+
+TIERS = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str  # the Keras class name, e.g. "MobileNetV3Small"
+    tier: str  # low < 15 M, medium 15-70 M, high > 70 M parameters
+    params_m: float  # parameters in millions, as in Table 2
+    default_size: int  # the model's native square input size
+    module: str  # keras.applications sub-module holding preprocess_input
+    family: str
+    min_size: int = 32
+    head: str = "gap"  # "gap": global average pooling; "flatten_dense64": the paper's CNN
+
+    @property
+    def param_count(self) -> int:
+        return int(round(self.params_m * 1e6))
+
+    @property
+    def is_keras_application(self) -> bool:
+        return self.module != "leukoml"
+
+
+def _b(name, params_m, size, module, family, min_size=32):
+    tier = "low" if params_m < 15 else "medium" if params_m <= 70 else "high"
+    return Backbone(name, tier, params_m, size, module, family, min_size)
+
+
+_ENTRIES = (
+    # high (> 70 M)
+    _b("ConvNeXtXLarge", 350.1, 224, "convnext", "convnext"),
+    _b("ConvNeXtLarge", 197.7, 224, "convnext", "convnext"),
+    _b("VGG19", 143.7, 224, "vgg19", "vgg"),
+    _b("VGG16", 138.4, 224, "vgg16", "vgg"),
+    _b("EfficientNetV2L", 119.0, 480, "efficientnet_v2", "efficientnet_v2"),
+    _b("NASNetLarge", 88.9, 331, "nasnet", "nasnet"),
+    _b("ConvNeXtBase", 88.5, 224, "convnext", "convnext"),
+    # medium (15-70 M)
+    _b("EfficientNetB7", 66.7, 600, "efficientnet", "efficientnet"),
+    _b("ResNet152", 60.4, 224, "resnet", "resnet"),
+    _b("ResNet152V2", 60.4, 224, "resnet_v2", "resnet_v2"),
+    _b("InceptionResNetV2", 55.9, 299, "inception_resnet_v2", "inception_resnet_v2", 75),
+    _b("EfficientNetV2M", 54.4, 480, "efficientnet_v2", "efficientnet_v2"),
+    _b("ConvNeXtSmall", 50.2, 224, "convnext", "convnext"),
+    _b("ResNet101", 44.7, 224, "resnet", "resnet"),
+    _b("ResNet101V2", 44.7, 224, "resnet_v2", "resnet_v2"),
+    _b("EfficientNetB6", 43.3, 528, "efficientnet", "efficientnet"),
+    _b("EfficientNetB5", 30.6, 456, "efficientnet", "efficientnet"),
+    _b("ConvNeXtTiny", 28.6, 224, "convnext", "convnext"),
+    _b("ResNet50", 25.6, 224, "resnet50", "resnet"),
+    _b("ResNet50V2", 25.6, 224, "resnet_v2", "resnet_v2"),
+    _b("InceptionV3", 23.9, 299, "inception_v3", "inception_v3", 75),
+    _b("Xception", 22.9, 299, "xception", "xception"),
+    _b("EfficientNetV2S", 21.6, 384, "efficientnet_v2", "efficientnet_v2"),
+    _b("DenseNet201", 20.2, 224, "densenet", "densenet"),
+    _b("EfficientNetB4", 19.5, 380, "efficientnet", "efficientnet"),
+    # low (< 15 M)
+    _b("EfficientNetV2B3", 14.5, 300, "efficientnet_v2", "efficientnet_v2"),
+    _b("DenseNet169", 14.3, 224, "densenet", "densenet"),
+    _b("EfficientNetB3", 12.3, 300, "efficientnet", "efficientnet"),
+    _b("EfficientNetV2B2", 10.2, 260, "efficientnet_v2", "efficientnet_v2"),
+    _b("EfficientNetB2", 9.2, 260, "efficientnet", "efficientnet"),
+    _b("EfficientNetV2B1", 8.2, 240, "efficientnet_v2", "efficientnet_v2"),
+    _b("DenseNet121", 8.1, 224, "densenet", "densenet"),
+    _b("EfficientNetB1", 7.9, 240, "efficientnet", "efficientnet"),
+    _b("EfficientNetV2B0", 7.2, 224, "efficientnet_v2", "efficientnet_v2"),
+    _b("MobileNetV3Large", 5.4, 224, "mobilenet_v3", "mobilenet_v3"),
+    _b("NASNetMobile", 5.3, 224, "nasnet", "nasnet"),
+    _b("EfficientNetB0", 5.3, 224, "efficientnet", "efficientnet"),
+    _b("MobileNet", 4.3, 224, "mobilenet", "mobilenet"),
+    _b("MobileNetV2", 3.5, 224, "mobilenet_v2", "mobilenet_v2"),
+    _b("MobileNetV3Small", 2.9, 224, "mobilenet_v3", "mobilenet_v3"),
+    # Asghar et al. (2022), Section 2.3: 7.9 M parameters at 100 px with 4 classes.
+    Backbone("Asghar2022CNN", "low", 7.99, 100, "leukoml", "asghar2022", 14, "flatten_dense64"),
+)
+
+BACKBONES: dict[str, Backbone] = {entry.name: entry for entry in _ENTRIES}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registry entry for `name`; an unknown name lists the known ones."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise LeukomlError(
+            f"unknown backbone {name!r}; known backbones: {', '.join(sorted(BACKBONES))}"
+        ) from None
+
+
+def list_backbones(tier: str | None = None) -> list[Backbone]:
+    """Entries in table order (largest first), optionally of one tier."""
+    if tier is not None and tier not in TIERS:
+        raise LeukomlError(f"unknown tier {tier!r}; known tiers: {', '.join(TIERS)}")
+    return [b for b in _ENTRIES if tier is None or b.tier == tier]

@@ -1,0 +1,140 @@
+"""Find the images of a dataset folder and fingerprint the file list.
+
+Layouts: `root/<class>/...` or `root/<split>/<class>/...` with split folders
+named train / val / test in any case. Other top-level folders beside split
+folders (e.g. TEST_SIMPLE) are ignored. Nothing is decoded here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leukoml.data._decode import IMAGE_SUFFIXES
+from leukoml.errors import LeukomlError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+_SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+
+
+@dataclass
+class Listing:
+    """Candidate image files of a dataset, before decoding."""
+
+    root: Path
+    class_names: list[str]
+    files: list[str]  # POSIX paths relative to root
+    labels: list[int]
+    folder_splits: list[str | None]  # "train"/"val"/"test" from split folders, else None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    ignored_folders: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    mtimes: list[int] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the file list, sizes and mtimes: changes when any file does."""
+        digest = hashlib.sha256()
+        for name, label, split, size, mtime in zip(
+            self.files, self.labels, self.folder_splits, self.sizes, self.mtimes
+        ):
+            digest.update(f"{name}\t{self.class_names[label]}\t{split}\t{size}\t{mtime}\n".encode())
+        return digest.hexdigest()[:20]
+
+    def class_folder(self, label: int) -> str:
+        return str(self.root / self.class_names[label])
+
+
+def _is_split_name(name: str) -> bool:
+    return name.lower() in SPLITS
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+    )
+
+
+def scan_dataset(root: str | Path) -> Listing:
+    """List the image files under `root`, skipping (and listing) what is not an image."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise LeukomlError(f"data: {str(root)!r} is not a folder")
+    root = root.resolve()
+    top = _subdirs(root)
+    split_dirs = {p.name.lower(): p for p in top if _is_split_name(p.name)}
+    listing = Listing(root, [], [], [], [])
+    if split_dirs:
+        if "train" not in split_dirs:
+            raise LeukomlError(
+                f"data: {root} has split folders {sorted(p.name for p in split_dirs.values())} "
+                "but no 'train' folder"
+            )
+        listing.ignored_folders = [p.name for p in top if not _is_split_name(p.name)]
+        class_dirs = {
+            split: _subdirs(folder) for split, folder in split_dirs.items()
+        }
+        for name in listing.ignored_folders:
+            log.info("ignoring folder %s: not a train/val/test split folder", root / name)
+    else:
+        class_dirs = {None: top}
+
+    names = sorted({d.name for dirs in class_dirs.values() for d in dirs})
+    for split, dirs in class_dirs.items():
+        for folder in dirs:
+            _scan_class(listing, root, folder, names.index(folder.name), split)
+
+    used = sorted(set(listing.labels))
+    empty = [n for i, n in enumerate(names) if i not in used]
+    for name in empty:
+        listing.skipped.append((name + "/", "empty class folder (no image files)"))
+        log.warning("class folder %s holds no image files; it is left out", name)
+    listing.class_names = [names[i] for i in used]
+    remap = {old: new for new, old in enumerate(used)}
+    listing.labels = [remap[label] for label in listing.labels]
+    if len(listing.class_names) < 2:
+        raise LeukomlError(
+            f"data: {root} needs at least 2 class folders with images, found "
+            f"{listing.class_names or 'none'}"
+        )
+    return listing
+
+
+def _scan_class(listing: Listing, root: Path, folder: Path, label: int, split: str | None) -> None:
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            rel = path.relative_to(root).as_posix()
+            reason = _skip_reason(path, root)
+            if reason:
+                listing.skipped.append((rel, reason))
+                continue
+            stat = path.stat()
+            listing.files.append(rel)
+            listing.labels.append(label)
+            listing.folder_splits.append(split)
+            listing.sizes.append(stat.st_size)
+            listing.mtimes.append(stat.st_mtime_ns)
+
+
+def _skip_reason(path: Path, root: Path) -> str | None:
+    name = path.name
+    if name.startswith("._"):
+        return "macOS resource-fork file (._*)"
+    if name.lower() in _SYSTEM_FILES or name.startswith("."):
+        return "hidden or system file"
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(root):
+            return f"symlink pointing outside the dataset ({target}); not followed"
+        if not target.is_file():
+            return "broken symlink"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"not an image file type ({path.suffix or 'no suffix'})"
+    return None
