@@ -25,7 +25,7 @@ def _bool(text: str) -> bool:
 
 
 def _add_train(sub) -> None:
-    from leukoml.training import TrainConfig
+    from leukoml.config import TrainConfig
 
     defaults = TrainConfig()
     p = sub.add_parser("train", help="train one backbone and log it to MLflow")
@@ -52,7 +52,8 @@ def _run_train(args) -> int:
 
     from leukoml import names
     from leukoml.data import prepare_dataset
-    from leukoml.training import TrainConfig, train_and_log
+    from leukoml.config import TrainConfig
+    from leukoml.training import train_and_log
 
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.field_names()}).validated()
     data = prepare_dataset(config.data, config.image_size, seed=config.seed)

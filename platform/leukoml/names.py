@@ -47,6 +47,11 @@ IMAGES_PER_SECOND = "images_per_second"
 EPOCH_METRICS = (LOSS, ACCURACY, MACRO_F1, BALANCED_ACCURACY)
 
 
+def direction(metric: str) -> str:
+    """"min" for losses, "max" for everything else leukoml logs."""
+    return "min" if metric.endswith("loss") else "max"
+
+
 def val(metric: str) -> str:
     """Keras' name for a metric on the validation set."""
     return f"val_{metric}"

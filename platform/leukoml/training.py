@@ -1,7 +1,7 @@
 """Train one model and log everything about it to the active MLflow run.
 
-`TrainConfig` is what `mlflow run . -e train` takes and what an Optuna trial
-samples; `train_and_log` is the one function both call.
+`train_and_log` is the one function `mlflow run . -e train` and every
+Optuna trial call.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -24,8 +24,9 @@ from keras import ops
 from mlflow.models import infer_signature
 
 from leukoml import names
-from leukoml.backbones import build_classifier, check_image_size, check_weights, get_backbone
-from leukoml.backbones import preprocess_fn
+from leukoml.backbones import get_backbone
+from leukoml.backbones.classifier import build_classifier, preprocess_fn
+from leukoml.config import TrainConfig
 from leukoml.data import PreparedData
 from leukoml.data.tfdata import make_dataset
 from leukoml.errors import LeukomlError
@@ -34,58 +35,6 @@ from leukoml.runtime import configure_devices
 from leukoml.tracking import log_params
 
 log = logging.getLogger(__name__)
-
-CLASS_WEIGHTS = ("none", "balanced")
-
-
-@dataclass
-class TrainConfig:
-    """One training run; every field is logged as an MLflow param of the same name."""
-
-    data: str = "synthetic"
-    backbone: str = "Asghar2022CNN"
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    patience: int = 5
-    max_epochs: int = 30
-    image_size: int = 64
-    weights: str = "none"
-    seed: int = 0
-    freeze_base: bool = False
-    augment: bool = True
-    monitor: str = "val_loss"
-    class_weight: str = "none"
-    mixed_precision: bool = False
-
-    def validated(self) -> "TrainConfig":
-        """A checked copy, or a `LeukomlError` naming the field, before any work starts."""
-        entry = get_backbone(self.backbone)
-        check_image_size(entry, self.image_size)
-        checks = {
-            "learning_rate": 0 < self.learning_rate < 10,
-            "batch_size": self.batch_size >= 1,
-            "patience": self.patience >= 0,
-            "max_epochs": self.max_epochs >= 1,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise LeukomlError(f"{key}: {getattr(self, key)!r} is out of range")
-        if self.class_weight not in CLASS_WEIGHTS:
-            raise LeukomlError(f"class_weight: {self.class_weight!r}; use one of {CLASS_WEIGHTS}")
-        monitors = {names.val(m) for m in names.EPOCH_METRICS}
-        if self.monitor not in monitors:
-            raise LeukomlError(f"monitor: {self.monitor!r}; use one of {sorted(monitors)}")
-        return TrainConfig(**{**asdict(self), "weights": check_weights(self.weights)})
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-
-def direction(metric: str) -> str:
-    """"min" for losses, "max" for everything else leukoml logs."""
-    return "min" if metric.endswith("loss") else "max"
-
 
 class _SparseConfusion(keras.metrics.Metric):
     """Streams a confusion matrix from integer labels and softmax outputs.
@@ -270,7 +219,7 @@ def train_and_log(
                             shuffle=True, augment=config.augment, seed=config.seed)
     val_ds = make_dataset(data.images, data.labels, split["val"], config.batch_size, preprocess)
     stopper = keras.callbacks.EarlyStopping(
-        monitor=config.monitor, mode=direction(config.monitor), patience=config.patience,
+        monitor=config.monitor, mode=names.direction(config.monitor), patience=config.patience,
         restore_best_weights=True,
     )
     started = time.perf_counter()
@@ -293,7 +242,7 @@ def train_and_log(
         )
 
     monitored = history[config.monitor]
-    best_epoch = int(np.argmin(monitored) if direction(config.monitor) == "min" else np.argmax(monitored))
+    best_epoch = int(np.argmin(monitored) if names.direction(config.monitor) == "min" else np.argmax(monitored))
     summary = {names.BEST_EPOCH: best_epoch, names.EPOCHS_RUN: len(losses),
                names.TRAIN_SECONDS: train_seconds}
     summary.update({names.best(k): float(v[best_epoch]) for k, v in history.items()

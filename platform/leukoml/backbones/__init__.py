@@ -1,31 +1,25 @@
-"""The backbone registry and the classifier builder."""
+"""The backbone registry (light: no TensorFlow import).
 
-from leukoml.backbones._classifier import (
-    LOGITS_LAYER,
-    PROBABILITIES_LAYER,
-    build_classifier,
-    check_image_size,
-    check_weights,
-    preprocess_fn,
-)
+The Keras side, `build_classifier` and `preprocess_fn`, lives in
+`leukoml.backbones.classifier`.
+"""
+
 from leukoml.backbones._registry import (
     BACKBONES,
     TIERS,
     Backbone,
+    check_image_size,
+    check_weights,
     get_backbone,
     list_backbones,
 )
 
 __all__ = [
     "BACKBONES",
-    "LOGITS_LAYER",
-    "PROBABILITIES_LAYER",
     "TIERS",
     "Backbone",
-    "build_classifier",
     "check_image_size",
     "check_weights",
     "get_backbone",
     "list_backbones",
-    "preprocess_fn",
 ]

@@ -10,6 +10,7 @@ every entry there).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from leukoml.errors import LeukomlError
 
@@ -107,3 +108,28 @@ def list_backbones(tier: str | None = None) -> list[Backbone]:
     if tier is not None and tier not in TIERS:
         raise LeukomlError(f"unknown tier {tier!r}; known tiers: {', '.join(TIERS)}")
     return [b for b in _ENTRIES if tier is None or b.tier == tier]
+
+
+def check_weights(weights: str) -> str:
+    """Normalise `weights` ("imagenet", "none" or a path) or refuse it with the options."""
+    value = str(weights).strip()
+    if value.lower() in ("none", "null", ""):
+        return "none"
+    if value.lower() == "imagenet":
+        return "imagenet"
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise LeukomlError(
+            f"weights: {value!r} is neither 'imagenet', 'none' nor an existing weights file"
+        )
+    if not path.name.endswith((".h5", ".keras")):
+        raise LeukomlError(f"weights: {value!r} is not a Keras weights file (.weights.h5 or .h5)")
+    return str(path.resolve())
+
+
+def check_image_size(entry: Backbone, image_size: int) -> None:
+    if int(image_size) < entry.min_size:
+        raise LeukomlError(
+            f"image_size {image_size} is below {entry.name}'s minimum of {entry.min_size} px; "
+            f"use image_size >= {entry.min_size} (its default is {entry.default_size})"
+        )

@@ -10,12 +10,11 @@ gradients of the logits, which do not saturate like probabilities.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable
 
 import keras
 
-from leukoml.backbones._registry import Backbone, get_backbone
+from leukoml.backbones._registry import Backbone, check_image_size, check_weights, get_backbone
 from leukoml.errors import LeukomlError
 
 # Keras applications ship batch-norm momentum 0.99-0.999, tuned for fine-tuning.
@@ -25,31 +24,6 @@ FROM_SCRATCH_BN_MOMENTUM = 0.9
 LOGITS_LAYER = "head_logits"
 PROBABILITIES_LAYER = "head_probabilities"
 HEAD_PREFIX = "head_"
-
-
-def check_weights(weights: str) -> str:
-    """Normalise `weights` ("imagenet", "none" or a path) or refuse it with the options."""
-    value = str(weights).strip()
-    if value.lower() in ("none", "null", ""):
-        return "none"
-    if value.lower() == "imagenet":
-        return "imagenet"
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise LeukomlError(
-            f"weights: {value!r} is neither 'imagenet', 'none' nor an existing weights file"
-        )
-    if not path.name.endswith((".h5", ".keras")):
-        raise LeukomlError(f"weights: {value!r} is not a Keras weights file (.weights.h5 or .h5)")
-    return str(path.resolve())
-
-
-def check_image_size(entry: Backbone, image_size: int) -> None:
-    if int(image_size) < entry.min_size:
-        raise LeukomlError(
-            f"image_size {image_size} is below {entry.name}'s minimum of {entry.min_size} px; "
-            f"use image_size >= {entry.min_size} (its default is {entry.default_size})"
-        )
 
 
 def preprocess_fn(backbone: str) -> Callable:
