@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import zlib
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = Path(os.environ.get("LEUKOML_REAL_DATA", REPO.parent / "shared" / "data"))
-KAGGLE = REAL_DATA / "kaggle-blood-cells"
+# Re-exported for tests that import them from here.
+from helpers import KAGGLE, REAL_DATA, REPO, run_cli, skip_without_real_data, write_image  # noqa: F401
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,16 +38,6 @@ def tracking_uri(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def write_image(path: Path, pixels: np.ndarray | None = None, size=(40, 40), **save_args) -> Path:
-    """Write a small RGB image (random pixels unless given) in the format of its suffix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if pixels is None:
-        rng = np.random.default_rng(zlib.crc32(path.name.encode()))
-        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, **save_args)
-    return path
-
-
 @pytest.fixture
 def make_dataset_folder(tmp_path):
     """Factory: {class: n_images} (optionally under split folders) -> dataset root."""
@@ -67,18 +51,3 @@ def make_dataset_folder(tmp_path):
         return root
 
     return make
-
-
-def skip_without_real_data():
-    if not KAGGLE.is_dir():
-        pytest.skip(f"real data not present at {KAGGLE}")
-
-
-def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 900):
-    """Run a command (e.g. `mlflow run ...`) and return the CompletedProcess; fail with its output."""
-    full_env = {**os.environ, **(env or {})}
-    bin_dir = str(Path(sys.executable).parent)
-    full_env["PATH"] = bin_dir + os.pathsep + full_env.get("PATH", "")
-    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
-    return proc

@@ -9,10 +9,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from leukoml.errors import LeukomlError
 
 log = logging.getLogger("leukoml")
+
+
+
+def _default_search_space() -> str:
+    """`search_spaces/smoke.yaml` of the working directory, else of this checkout."""
+    relative = Path("search_spaces") / "smoke.yaml"
+    return str(relative if relative.is_file() else Path(__file__).resolve().parents[2] / relative)
 
 
 def _bool(text: str) -> bool:
@@ -70,6 +78,80 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="run, resume or join an Optuna study over backbones")
+    p.add_argument("--data", default="synthetic",
+                   help="dataset folder, or 'synthetic' for the embedded generator")
+    p.add_argument("--search-space", default=_default_search_space(),
+                   help="a search_spaces/*.yaml file")
+    p.add_argument("--n-trials", type=int, default=0,
+                   help="total trials of the study across workers (0: the YAML's n_trials)")
+    p.add_argument("--timeout", type=float, default=0,
+                   help="seconds this worker may start trials for (0: the YAML's timeout)")
+    p.add_argument("--study-name", default="",
+                   help="reuse a name to resume or join a study (default: a new one)")
+    p.add_argument("--storage", default="",
+                   help="Optuna storage URL or journal file (default: sqlite:///optuna.db)")
+    p.add_argument("--model-name", default="wbc-classifier",
+                   help="registered model the best trial is promoted into")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args) -> int:
+    import time
+
+    import mlflow
+
+    from leukoml.config import load_search_space
+    from leukoml.report import format_top, log_report
+    from leukoml.search import run_search
+
+    space = load_search_space(args.search_space)
+    study_name = args.study_name or f"{Path(args.search_space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with mlflow.start_run():
+        outcome = run_search(space, args.data, study_name, storage=args.storage or None,
+                             n_trials=args.n_trials or None, timeout=args.timeout or None)
+    board = log_report(outcome.study, outcome.parent_run_id)
+    print(f"\nstudy {study_name!r}: leaderboard (parent run {outcome.parent_run_id})")
+    print(format_top(board))
+    if outcome.best_run_id:
+        print(f"best trial run: {outcome.best_run_id}")
+    else:
+        print("no trial completed; nothing to promote")
+    return 0
+
+
+def _add_promote(sub) -> None:
+    p = sub.add_parser("promote", help="register a training run's model; make it champion if better")
+    p.add_argument("--run-id", required=True, help="the finished training run to promote")
+    p.add_argument("--model-name", default="wbc-classifier", help="registered model name")
+    p.add_argument("--force", type=_bool, default=False,
+                   help="make it champion even if not better or not comparable")
+    p.add_argument("--lock-url", default=None,
+                   help="postgresql://... (advisory lock), sqlite:///path or a file path (file "
+                        "lock beside it); default: a file lock in the leukoml cache dir")
+    p.set_defaults(func=_run_promote)
+
+
+def _run_promote(args) -> int:
+    import mlflow
+
+    from leukoml import names
+    from leukoml.registry import promote
+
+    with mlflow.start_run():
+        mlflow.set_tags({names.TAG_ROLE: "promotion",
+                         names.TAG_RUN_NAME: f"promote-{args.model_name}"})
+        result = promote(args.run_id, args.model_name, force=args.force, lock_url=args.lock_url)
+        mlflow.set_tags({**result.tags(),
+                         "leukoml.promotion.model_version": f"{args.model_name}/{result.version}"})
+    verdict = "is the champion" if result.promoted else (
+        f"is not promoted; champion stays version {result.champion_version}")
+    print(f"{args.model_name} version {result.version} (run {args.run_id}) {verdict}: "
+          f"{result.reason}")
+    return 0
+
+
 def _list_backbones(args) -> int:
     from leukoml.backbones import list_backbones
 
@@ -83,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leukoml", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_promote(sub)
+    _add_search(sub)
     p = sub.add_parser("backbones", help="list the registered backbones and their tiers")
     p.add_argument("--tier", choices=("low", "medium", "high"))
     p.set_defaults(func=_list_backbones)

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +28,8 @@ from leukoml.config import FloatRange, IntRange, SearchSpace, TrainConfig
 from leukoml.errors import LeukomlError
 
 log = logging.getLogger(__name__)
+# Heartbeats and stale-trial retries are experimental in Optuna, and chosen on purpose.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"

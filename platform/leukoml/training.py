@@ -260,6 +260,7 @@ def train_and_log(
         # (`mlflow.keras.load_model`) without leukoml's custom metric classes.
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        model.optimizer.build(model.trainable_variables)  # saved state matches on reload
         sample = next(iter(test_ds))[0][:2].numpy()
         mlflow.keras.log_model(
             model, name=names.MODEL_ARTIFACT,

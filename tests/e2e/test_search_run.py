@@ -1,0 +1,130 @@
+"""`mlflow run . -e search` for real: parent and nested trial runs, pruning, failures, resume."""
+
+from __future__ import annotations
+
+import keras
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from helpers import run_cli
+from leukoml import names
+
+pytestmark = pytest.mark.e2e
+
+DATA = "synthetic:per_class=40,size=32"
+
+
+@pytest.fixture(scope="module")
+def asghar_weights(tmp_path_factory):
+    """Weights of the Asghar2022CNN backbone: they load into it, not into MobileNetV3Small."""
+    from leukoml.backbones._asghar import asghar2022_features
+
+    inputs = keras.Input((32, 32, 3))
+    path = tmp_path_factory.mktemp("weights") / "asghar32.weights.h5"
+    keras.Model(inputs, asghar2022_features(inputs)).save_weights(path)
+    return path
+
+
+def search_space(path, weights, n_trials):
+    """Built to prune (median pruner, learning rates from useless to good) and to fail
+    (MobileNetV3Small cannot load the Asghar weights file), on a random sampler."""
+    path.write_text(yaml.safe_dump({
+        "objective": {"metric": "val_macro_f1", "direction": "maximize"},
+        "tiers": {"low": ["Asghar2022CNN", "MobileNetV3Small"]},
+        "image_size": 32, "max_image_size": 32, "weights": str(weights),
+        "max_epochs": 3, "learning_rate": {"low": 1e-7, "high": 2e-3, "log": True},
+        "batch_size": [32], "patience": 3,
+        "sampler": {"name": "random", "seed": 3},
+        "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        "n_trials": n_trials,
+    }))
+    return path
+
+
+def mlflow_run_search(tracking_uri, storage, space, study_name, n_trials=None):
+    args = ["mlflow", "run", ".", "-e", "search", "--env-manager", "local",
+            "--experiment-name", "e2e-search", "-P", f"data={DATA}",
+            "-P", f"search_space={space}", "-P", f"study_name={study_name}",
+            "-P", f"storage={storage}"]
+    if n_trials:
+        args += ["-P", f"n_trials={n_trials}"]
+    proc = run_cli(args, env={"MLFLOW_TRACKING_URI": tracking_uri})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def test_search_nests_trials_prunes_survives_failures_and_resumes(
+    tracking_uri, tmp_path, asghar_weights
+):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    space = search_space(tmp_path / "tiny.yaml", asghar_weights, n_trials=6)
+    first = mlflow_run_search(tracking_uri, storage, space, "tiny")
+    assert "leaderboard" in first.stdout and "trial 0" in first.stdout
+
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 6
+    assert "COMPLETE" in states and "PRUNED" in states and "FAIL" in states
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("e2e-search").experiment_id
+    parents = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'study'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.tags[names.TAG_STUDY_NAME] == "tiny"
+    parent_files = [a.path for a in client.list_artifacts(parent.info.run_id, names.REPORT_DIR)]
+    assert names.LEADERBOARD_CSV in parent_files
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, names.SEARCH_SPACE_DIR)]
+
+    children = client.search_runs(
+        [experiment], f"tags.`{names.TAG_PARENT_RUN}` = '{parent.info.run_id}' "
+                      f"and tags.`{names.TAG_ROLE}` = 'trial'")
+    assert len(children) == 6
+    by_number = {int(r.data.tags[names.TAG_OPTUNA_TRIAL]): r for r in children}
+    assert sorted(by_number) == list(range(6))
+    for trial in study.trials:
+        run = by_number[trial.number]
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        assert tags[names.TAG_OPTUNA_STATE] == trial.state.name
+        assert tags[names.TAG_OPTUNA_STUDY] == "tiny"
+        assert run.info.run_name == f"trial-{trial.number}-{params['backbone']}"
+        assert params["tier"] == "low" and float(params["learning_rate"]) == pytest.approx(
+            trial.params["learning_rate"])
+        assert params["backbone"] == trial.params["backbone_low"]
+        if trial.state.name == "COMPLETE":
+            assert run.info.status == "FINISHED"
+            assert metrics["objective"] == pytest.approx(trial.value)
+            assert names.TEST_MACRO_F1 in metrics and names.CONFUSION_PNG in [
+                a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
+        elif trial.state.name == "PRUNED":
+            history = client.get_metric_history(run.info.run_id, "val_macro_f1")
+            assert 1 <= len(history) < 3  # partial curve kept
+            assert names.TEST_MACRO_F1 not in metrics
+        else:
+            assert params["backbone"] == "MobileNetV3Small"
+            assert run.info.status == "FAILED"
+            error = open(client.download_artifacts(run.info.run_id, names.ERROR_TXT)).read()
+            assert "ValueError" in error or "mismatch" in error.lower()
+
+    board = pd.read_csv(client.download_artifacts(parent.info.run_id, names.LEADERBOARD_CSV))
+    assert len(board) == 6 and board.loc[0, "state"] == "COMPLETE"
+    assert board.loc[0, "objective"] == pytest.approx(study.best_value)
+    best_run = by_number[study.best_trial.number].info.run_id
+    assert parent.data.tags[names.TAG_BEST_TRIAL_RUN] == best_run
+
+    # resume: the same study name and a larger budget add trials, recompute nothing
+    before = {t.number: (t.state, t.value, t.params) for t in study.trials}
+    mlflow_run_search(tracking_uri, storage, space, "tiny", n_trials=8)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.number for t in study.trials] == list(range(8))
+    for t in study.trials[:6]:
+        assert (t.state, t.value, t.params) == before[t.number]
+    children = client.search_runs(
+        [experiment], f"tags.`{names.TAG_PARENT_RUN}` = '{parent.info.run_id}' "
+                      f"and tags.`{names.TAG_ROLE}` = 'trial'")
+    numbers = sorted(int(r.data.tags[names.TAG_OPTUNA_TRIAL]) for r in children)
+    assert numbers == list(range(8))
+    assert len(client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'study'")) == 1

@@ -1,0 +1,145 @@
+"""The backbone registry against the source paper, and every model built for real."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import keras
+import pytest
+
+from helpers import REPO
+from leukoml.backbones import BACKBONES, TIERS, check_weights, get_backbone, list_backbones
+from leukoml.errors import LeukomlError
+
+SEEDS = REPO.parent / "shared" / "seeds"
+# Table 2 spells a few names differently from Keras' class names.
+_TABLE_NAMES = {"VGG-19": "VGG19", "VGG-16": "VGG16", "Mobilenet_v3_large": "MobileNetV3Large",
+                "Mobilenet_v3_small": "MobileNetV3Small"}
+
+
+def _table2() -> dict[str, tuple[int, float, str]]:
+    papers = sorted(SEEDS.glob("002_*.txt"))
+    if not papers:
+        pytest.skip(f"source paper not present in {SEEDS}")
+    rows = re.findall(r"^(\S+) (\d+)×\d+ ([\d.]+) (High|Medium|Low)\s*$",
+                      papers[0].read_text(), flags=re.M)
+    return {_TABLE_NAMES.get(n, n): (int(size), float(p), tier.lower()) for n, size, p, tier in rows}
+
+
+def test_registry_matches_table_2_of_the_paper():
+    table = _table2()
+    assert len(table) == 40
+    keras_apps = {name for name, b in BACKBONES.items() if b.is_keras_application}
+    assert keras_apps == set(table)
+    for name, (size, params_m, tier) in table.items():
+        entry = get_backbone(name)
+        assert (entry.default_size, entry.params_m, entry.tier) == (size, params_m, tier), name
+
+
+def test_tiers_follow_the_parameter_thresholds():
+    for entry in BACKBONES.values():
+        expected = "low" if entry.params_m < 15 else "medium" if entry.params_m <= 70 else "high"
+        assert entry.tier == expected, entry.name
+        assert entry.tier in TIERS
+    assert get_backbone("Asghar2022CNN").tier == "low"
+    assert {b.tier for b in list_backbones()} == set(TIERS)
+    assert all(b.tier == "medium" for b in list_backbones("medium"))
+
+
+def test_every_keras_name_exists_in_keras_applications():
+    for entry in BACKBONES.values():
+        if entry.is_keras_application:
+            assert hasattr(keras.applications, entry.name), entry.name
+            assert hasattr(getattr(keras.applications, entry.module), "preprocess_input")
+
+
+def test_unknown_names_are_refused_with_the_known_ones():
+    with pytest.raises(LeukomlError, match="known backbones: .*MobileNetV3Small"):
+        get_backbone("ResNet9000")
+    with pytest.raises(LeukomlError, match="known tiers"):
+        list_backbones("huge")
+
+
+def test_weights_are_checked_before_anything_is_built(tmp_path):
+    assert check_weights("None") == "none"
+    assert check_weights("ImageNet") == "imagenet"
+    with pytest.raises(LeukomlError, match="neither 'imagenet', 'none' nor an existing"):
+        check_weights(str(tmp_path / "missing.weights.h5"))
+    text = tmp_path / "notes.txt"
+    text.write_text("x")
+    with pytest.raises(LeukomlError, match="not a Keras weights file"):
+        check_weights(str(text))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_builds_flat_at_its_minimum_size(name):
+    from leukoml.backbones.classifier import LOGITS_LAYER, build_classifier
+
+    entry = get_backbone(name)
+    keras.backend.clear_session()
+    model = build_classifier(name, num_classes=5, image_size=entry.min_size, weights="none")
+    assert model.input_shape == (None, entry.min_size, entry.min_size, 3)
+    assert model.output_shape == (None, 5)
+    # one flat graph: the backbone's layers sit in the classifier itself (a few
+    # families keep small Sequential blocks inside), so Grad-CAM reaches the
+    # feature map that feeds the head
+    first_head = next(i for i, layer in enumerate(model.layers) if layer.name.startswith("head_"))
+    assert first_head > 6
+    assert not isinstance(model.layers[first_head - 1], keras.Model)
+    assert model.get_layer(LOGITS_LAYER).output.shape[-1] == 5
+    with pytest.raises(LeukomlError, match="minimum"):
+        build_classifier(name, num_classes=5, image_size=entry.min_size - 1)
+
+
+def test_from_scratch_models_get_a_batch_norm_momentum_that_tracks():
+    from leukoml.backbones.classifier import FROM_SCRATCH_BN_MOMENTUM, build_classifier
+
+    model = build_classifier("MobileNetV3Small", 3, 32, weights="none")
+    momenta = {layer.momentum for layer in model.layers
+               if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {FROM_SCRATCH_BN_MOMENTUM}
+
+
+def test_frozen_base_leaves_only_the_head_trainable():
+    from leukoml.backbones.classifier import build_classifier
+
+    model = build_classifier("MobileNetV2", 4, 32, freeze_base=True)
+    trainable = {w.path.split("/")[0] for w in model.trainable_weights}
+    assert trainable == {"head_logits"}
+
+
+def test_asghar_cnn_is_the_papers_model():
+    from leukoml.backbones.classifier import build_classifier
+
+    model = build_classifier("Asghar2022CNN", 4, 100)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert [c.filters for c in convs] == [32, 64, 64]
+    assert [c.strides for c in convs] == [(1, 1), (2, 2), (1, 1)]
+    assert len(pools) == 3 and all(p.strides == (1, 1) for p in pools)
+    assert model.get_layer("head_dense64").units == 64
+    assert model.get_layer("head_dropout").rate == pytest.approx(0.2)
+    assert model.count_params() == pytest.approx(get_backbone("Asghar2022CNN").param_count, rel=0.01)
+
+
+def _online() -> bool:
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_imagenet_weights_offline_fail_with_the_cache_folder_and_the_none_option(
+    tmp_path, monkeypatch
+):
+    if _online():
+        pytest.skip("this machine can download ImageNet weights")
+    from leukoml.backbones.classifier import build_classifier
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with pytest.raises(LeukomlError, match=r"weights: none") as info:
+        build_classifier("MobileNetV3Small", 3, 32, weights="imagenet")
+    assert str(tmp_path / "keras" / "models") in str(info.value)
