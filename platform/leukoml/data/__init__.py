@@ -19,6 +19,13 @@ import numpy as np
 from leukoml.data._cache import DecodedImages, cache_root, load_or_decode
 from leukoml.data._decode import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_image
 from leukoml.data._discover import Listing, scan_dataset
+from leukoml.data._groups import GroupBy
+from leukoml.data._leakage import (
+    LeakageReport,
+    cached_copies,
+    drop_cross_split_copies,
+    leakage_report,
+)
 from leukoml.data._split import assign_splits
 from leukoml.data._synthetic import CLASSES as SYNTHETIC_CLASSES
 from leukoml.data._synthetic import GENERATOR_VERSION, render_cell, write_synthetic_dataset
@@ -45,6 +52,8 @@ class PreparedData:
     skipped: list[tuple[str, str]]  # (relative path, reason)
     fingerprint: str
     decoded: DecodedImages
+    groups: np.ndarray | None = None  # (N,) source-group id per image, when grouped
+    leakage: LeakageReport | None = None  # copies within/across the splits
 
     @property
     def image_size(self) -> int:
@@ -107,9 +116,22 @@ def resolve_data(source: str) -> Path:
     return folder
 
 
-def prepare_dataset(source: str, image_size: int, seed: int = 0) -> PreparedData:
-    """List, decode (cached) and split a dataset; bad files are skipped and listed."""
+def prepare_dataset(
+    source: str,
+    image_size: int,
+    seed: int = 0,
+    group_by: str | None = None,
+    drop_cross_split_duplicates: bool = False,
+) -> PreparedData:
+    """List, decode (cached), split and check a dataset for copies across the splits.
+
+    Bad files are skipped and listed. `group_by` (a regex with one capture
+    group over file names, or a `file,group` CSV) keeps each source's images
+    in one split. `drop_cross_split_duplicates` removes from train and val the
+    images that copy a test image, then from train those copying a val image.
+    """
     root = resolve_data(source)
+    spec = GroupBy.parse(group_by, root) if group_by else None  # fail before decoding
     listing = scan_dataset(root)
     decoded = load_or_decode(listing, image_size)
     labels = np.asarray(listing.labels)[decoded.kept]
@@ -125,7 +147,29 @@ def prepare_dataset(source: str, image_size: int, seed: int = 0) -> PreparedData
                 f"data: class folder {listing.class_folder(label)} has no readable image "
                 "left after skipping bad files"
             )
-    splits, split_source = assign_splits(labels, folder_splits, listing.class_names, seed)
+    groups = spec.groups(files, labels, folder_splits) if spec else None
+    splits, split_source = assign_splits(
+        labels, folder_splits, listing.class_names, seed,
+        groups=groups.ids if groups else None,
+        grouped_by=f"{groups.description}, {groups.count} groups" if groups else "",
+    )
+    copies = cached_copies(decoded.images, decoded.sha256, decoded.phash, decoded.path)
+    leakage = leakage_report(copies, files, labels, listing.class_names, splits, image_size)
+    log.info("%s the copy search (%d pairs) in %.2f s",
+             "reused" if copies.cache_hit else "ran", len(copies.first), copies.seconds)
+    if drop_cross_split_duplicates:
+        before = leakage
+        splits, dropped = drop_cross_split_copies(copies, splits, len(labels))
+        leakage = leakage_report(copies, files, labels, listing.class_names, splits, image_size)
+        leakage.dropped, leakage.before_drop = dropped, before
+        log.warning("dropped %d train and %d val image(s) that copy an image of a later split",
+                    dropped["train"], dropped["val"])
+        if not len(splits["val"]):
+            raise LeukomlError(
+                "data: every val image copies a test image; nothing is left to validate on"
+            )
+    if leakage.train_shares_images:
+        log.warning("train shares images with val or test:\n%s", leakage.summary_text())
     missing = set(range(len(listing.class_names))) - set(labels[splits["train"]].tolist())
     if missing:
         raise LeukomlError(
@@ -144,12 +188,15 @@ def prepare_dataset(source: str, image_size: int, seed: int = 0) -> PreparedData
         skipped=skipped,
         fingerprint=listing.fingerprint,
         decoded=decoded,
+        groups=groups.ids if groups else None,
+        leakage=leakage,
     )
 
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
+    "LeakageReport",
     "SYNTHETIC",
     "SYNTHETIC_CLASSES",
     "ImageError",
