@@ -62,11 +62,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode.startswith("I") or mode == "F":  # 16/32-bit grayscale
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grayscale
         pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        if mode == "F":
-            top = max(float(pixels.max()), 1e-12)
+        if mode == "F":  # floats are 0..1 by convention; other ranges are scaled to their max
+            top = max(1.0, float(pixels.max()))
+        else:
+            top = 65535.0 if mode.startswith("I;16") or pixels.max() > 255 else 255.0
         pixels = np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(pixels, "L").convert("RGB")
     if mode == "P":

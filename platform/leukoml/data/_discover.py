@@ -2,7 +2,9 @@
 
 Layouts: `root/<class>/...` or `root/<split>/<class>/...` with split folders
 named train / val / test in any case. Other top-level folders beside split
-folders (e.g. TEST_SIMPLE) are ignored. Nothing is decoded here.
+folders (e.g. TEST_SIMPLE) are ignored. Nothing is decoded here. Symlinked
+folders are never entered (they could leave the dataset or loop); symlinked
+files are read only when they point inside it. Both are listed when skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 _SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+_SYMLINKED_DIR = "symlinked folder; not followed"
 
 
 @dataclass
@@ -43,7 +46,8 @@ class Listing:
         for name, label, split, size, mtime in zip(
             self.files, self.labels, self.folder_splits, self.sizes, self.mtimes
         ):
-            digest.update(f"{name}\t{self.class_names[label]}\t{split}\t{size}\t{mtime}\n".encode())
+            line = f"{name}\t{self.class_names[label]}\t{split}\t{size}\t{mtime}\n"
+            digest.update(line.encode("utf-8", "surrogateescape"))  # names need not be UTF-8
         return digest.hexdigest()[:20]
 
     def class_folder(self, label: int) -> str:
@@ -54,10 +58,17 @@ def _is_split_name(name: str) -> bool:
     return name.lower() in SPLITS
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-    )
+def _subdirs(folder: Path, listing: Listing) -> list[Path]:
+    """Visible subfolders of `folder`; symlinked ones are listed as skipped, not entered."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        if p.is_symlink():
+            listing.skipped.append((p.relative_to(listing.root).as_posix() + "/", _SYMLINKED_DIR))
+        else:
+            found.append(p)
+    return found
 
 
 def scan_dataset(root: str | Path) -> Listing:
@@ -66,9 +77,9 @@ def scan_dataset(root: str | Path) -> Listing:
     if not root.is_dir():
         raise LeukomlError(f"data: {str(root)!r} is not a folder")
     root = root.resolve()
-    top = _subdirs(root)
-    split_dirs = {p.name.lower(): p for p in top if _is_split_name(p.name)}
     listing = Listing(root, [], [], [], [])
+    top = _subdirs(root, listing)
+    split_dirs = {p.name.lower(): p for p in top if _is_split_name(p.name)}
     if split_dirs:
         if "train" not in split_dirs:
             raise LeukomlError(
@@ -76,9 +87,7 @@ def scan_dataset(root: str | Path) -> Listing:
                 "but no 'train' folder"
             )
         listing.ignored_folders = [p.name for p in top if not _is_split_name(p.name)]
-        class_dirs = {
-            split: _subdirs(folder) for split, folder in split_dirs.items()
-        }
+        class_dirs = {split: _subdirs(folder, listing) for split, folder in split_dirs.items()}
         for name in listing.ignored_folders:
             log.info("ignoring folder %s: not a train/val/test split folder", root / name)
     else:
@@ -90,10 +99,12 @@ def scan_dataset(root: str | Path) -> Listing:
             _scan_class(listing, root, folder, names.index(folder.name), split)
 
     used = sorted(set(listing.labels))
-    empty = [n for i, n in enumerate(names) if i not in used]
-    for name in empty:
-        listing.skipped.append((name + "/", "empty class folder (no image files)"))
-        log.warning("class folder %s holds no image files; it is left out", name)
+    for dirs in class_dirs.values():
+        for folder in dirs:
+            if names.index(folder.name) not in used:
+                rel = folder.relative_to(root).as_posix() + "/"
+                listing.skipped.append((rel, "empty class folder (no image files)"))
+                log.warning("class folder %s holds no image files; it is left out", rel)
     listing.class_names = [names[i] for i in used]
     remap = {old: new for new, old in enumerate(used)}
     listing.labels = [remap[label] for label in listing.labels]
@@ -107,7 +118,11 @@ def scan_dataset(root: str | Path) -> Listing:
 
 def _scan_class(listing: Listing, root: Path, folder: Path, label: int, split: str | None) -> None:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        visible = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = [d for d in visible if not (Path(dirpath) / d).is_symlink()]
+        for d in sorted(set(visible) - set(dirnames)):
+            rel = (Path(dirpath) / d).relative_to(root).as_posix() + "/"
+            listing.skipped.append((rel, _SYMLINKED_DIR))
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
             rel = path.relative_to(root).as_posix()
@@ -137,4 +152,6 @@ def _skip_reason(path: Path, root: Path) -> str | None:
             return "broken symlink"
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return f"not an image file type ({path.suffix or 'no suffix'})"
+    if not path.is_file():  # a FIFO or device named .jpg would block or never end when read
+        return "not a regular file"
     return None
