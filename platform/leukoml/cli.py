@@ -152,6 +152,38 @@ def _run_promote(args) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="rebuild a study's report from its Optuna storage")
+    p.add_argument("--study-name", required=True)
+    p.add_argument("--storage", default="",
+                   help="Optuna storage URL or journal file (default: sqlite:///optuna.db)")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    import mlflow
+    import optuna
+
+    from leukoml import names
+    from leukoml.report import format_top, log_report
+    from leukoml.search import PARENT_RUN_ATTR, open_storage
+
+    storage = open_storage(args.storage or None)
+    try:
+        study = optuna.load_study(study_name=args.study_name, storage=storage)
+    except KeyError:
+        raise LeukomlError(f"no study named {args.study_name!r} in that storage") from None
+    parent = study.user_attrs.get(PARENT_RUN_ATTR)
+    with mlflow.start_run() as run:  # this run only points at the study's parent
+        mlflow.set_tags({names.TAG_ROLE: "report", names.TAG_STUDY_NAME: args.study_name,
+                         names.TAG_RUN_NAME: f"report-{args.study_name}",
+                         **({names.TAG_PARENT_RUN: parent} if parent else {})})
+        board = log_report(study, parent or run.info.run_id)
+    print(format_top(board))
+    print(f"report of study {args.study_name!r} written to run {parent or run.info.run_id}")
+    return 0
+
+
 def _list_backbones(args) -> int:
     from leukoml.backbones import list_backbones
 
@@ -167,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_promote(sub)
     _add_search(sub)
+    _add_report(sub)
     p = sub.add_parser("backbones", help="list the registered backbones and their tiers")
     p.add_argument("--tier", choices=("low", "medium", "high"))
     p.set_defaults(func=_list_backbones)

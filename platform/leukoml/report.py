@@ -1,21 +1,33 @@
-"""The study report: a leaderboard (and figures) built from the study storage alone.
+"""The study report: leaderboard, comparison figures and one self-contained HTML page.
 
-Everything here reads an `optuna.Study`, so `mlflow run . -e report` can
-rebuild the report of any study from its storage, whichever workers ran it.
+The leaderboard and most figures come from the study storage alone (trial
+params and user attributes), so `mlflow run . -e report` can rebuild the
+report of any study, whichever workers ran it. The best trial's confusion
+matrix and Grad-CAM grids are read from its MLflow run.
 """
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import logging
 import tempfile
 from pathlib import Path
 
-import mlflow
-import optuna
-import pandas as pd
+import matplotlib
 
-from leukoml import names
-from leukoml.search import RUN_ID_ATTR
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from leukoml import names  # noqa: E402
+from leukoml.evaluate import normalised  # noqa: E402
+from leukoml.search import RUN_ID_ATTR  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +36,7 @@ LEADERBOARD_COLUMNS = [
     names.PATIENCE, names.CLASS_WEIGHT, names.EPOCHS_RUN, "objective", *names.TEST_SUMMARY,
     names.PARAM_COUNT, names.TRAIN_SECONDS, "run_id", "error",
 ]
+TIER_COLOURS = {"low": "#4c9f70", "medium": "#3f7cac", "high": "#c8553d"}
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
@@ -59,18 +72,234 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     return frame.drop(columns="_complete").reset_index(drop=True)
 
 
-def log_report(study: optuna.Study, run_id: str) -> pd.DataFrame:
-    """Write `report/` (leaderboard.csv, ...) into the study's parent run."""
-    board = leaderboard(study)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(names.LEADERBOARD_CSV).name
-        board.to_csv(path, index=False)
-        mlflow.MlflowClient().log_artifact(run_id, str(path), names.REPORT_DIR)
-    return board
-
-
 def format_top(board: pd.DataFrame, n: int = 10) -> str:
     """The head of the leaderboard for the console."""
     columns = ["number", "state", names.BACKBONE, names.TIER, "objective", names.TEST_MACRO_F1,
                names.TEST_ACCURACY, names.EPOCHS_RUN]
     return board[columns].head(n).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+# --- figures ------------------------------------------------------------------------------
+
+def _complete(board: pd.DataFrame) -> pd.DataFrame:
+    return board[board["state"] == "COMPLETE"].copy()
+
+
+def _label(row) -> str:
+    return f"#{row['number']} {row[names.BACKBONE]}"
+
+
+def plot_score_vs_params(board: pd.DataFrame) -> plt.Figure | None:
+    """Does parameter count buy accuracy? Test macro-F1 and accuracy against parameters."""
+    done = _complete(board).dropna(subset=[names.PARAM_COUNT, names.TEST_MACRO_F1])
+    if done.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True, constrained_layout=True)
+    for ax, metric, title in ((axes[0], names.TEST_MACRO_F1, "test macro-F1"),
+                              (axes[1], names.TEST_ACCURACY, "test accuracy")):
+        sns.scatterplot(data=done, x=names.PARAM_COUNT, y=metric, hue=names.TIER, s=80,
+                        palette=TIER_COLOURS, hue_order=[t for t in TIER_COLOURS
+                                                         if t in set(done[names.TIER])], ax=ax)
+        for _, row in done.iterrows():
+            ax.annotate(_label(row), (row[names.PARAM_COUNT], row[metric]), fontsize=8,
+                        xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("trained parameters (count, log scale)")
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} vs model size")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_class_f1(study: optuna.Study, board: pd.DataFrame) -> plt.Figure | None:
+    """Per-class test F1, trials x classes: which classes each backbone confuses."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows = {_label(row): trials[row["number"]].user_attrs.get("class_f1")
+            for _, row in _complete(board).iterrows()}
+    rows = {k: v for k, v in rows.items() if v}
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows).T
+    fig, ax = plt.subplots(figsize=(1.2 * frame.shape[1] + 3.5, 0.45 * len(frame) + 1.8),
+                           constrained_layout=True)
+    sns.heatmap(frame, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax,
+                cbar_kws={"label": "test F1"})
+    ax.set_title("per-class test F1 (rows: trials, best first)")
+    ax.set_xlabel("class")
+    ax.set_ylabel("trial")
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig
+
+
+def plot_objective_vs_time(board: pd.DataFrame, metric: str) -> plt.Figure | None:
+    done = board.dropna(subset=["objective", names.TRAIN_SECONDS])
+    if done.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    sns.scatterplot(data=done, x=names.TRAIN_SECONDS, y="objective", hue=names.TIER,
+                    style=names.BACKBONE, palette=TIER_COLOURS, s=80, ax=ax)
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel(f"objective: {metric}")
+    ax.set_title("objective vs training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def plot_history(study: optuna.Study, metric: str) -> plt.Figure | None:
+    """Objective per trial and best-so-far, in trial order."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
+    if not trials:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+        picked = [t for t in trials if t.state.name == state]
+        ax.scatter([t.number for t in picked], [t.value for t in picked], marker=marker,
+                   label=state.lower())
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    if complete:  # a pruned trial's last value is not a result, so it never sets the best
+        accumulate = np.minimum if study.direction.name == "MINIMIZE" else np.maximum
+        best = accumulate.accumulate([t.value for t in complete])
+        ax.step([t.number for t in complete], best, where="post", color="black",
+                label="best so far")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(f"objective: {metric}")
+    ax.set_title("optimisation history")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_importances(study: optuna.Study) -> plt.Figure | None:
+    """Optuna's parameter importances (PED-ANOVA in Optuna 5) over completed trials."""
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError) as exc:  # too few trials, or a single-valued space
+        log.info("no parameter importances: %s", exc)
+        return None
+    if not importances:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(importances) + 1.5), constrained_layout=True)
+    ax.barh(list(importances)[::-1], list(importances.values())[::-1], color="#3f7cac")
+    ax.set_xlabel("importance for the objective (share)")
+    ax.set_title("hyper-parameter importances")
+    return fig
+
+
+def plot_best_confusion(run_id: str, title: str) -> plt.Figure | None:
+    try:
+        path = MlflowClient().download_artifacts(run_id, names.CONFUSION_CSV)
+    except Exception as exc:  # the run or its artifact is gone
+        log.warning("no confusion matrix for run %s: %s", run_id, exc)
+        return None
+    confusion = pd.read_csv(path, index_col=0)
+    n = len(confusion)
+    fig, ax = plt.subplots(figsize=(0.8 * n + 3, 0.7 * n + 2.2), constrained_layout=True)
+    sns.heatmap(normalised(confusion), annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1,
+                square=True, ax=ax, cbar_kws={"label": "share of the true class"})
+    ax.set_title(title)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.tick_params(axis="y", labelrotation=0)
+    return fig
+
+
+# --- assembling -----------------------------------------------------------------------------
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _gradcam_pngs(run_id: str) -> dict[str, bytes]:
+    client = MlflowClient()
+    try:
+        items = client.list_artifacts(run_id, names.GRADCAM_DIR)
+    except Exception:
+        return {}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for item in items:
+            if item.path.endswith(".png"):
+                local = client.download_artifacts(run_id, item.path, tmp)
+                out[f"best_gradcam_{Path(item.path).name}"] = Path(local).read_bytes()
+    return out
+
+
+def build_report(study: optuna.Study) -> tuple[pd.DataFrame, dict[str, bytes], str]:
+    """(leaderboard, {file name: PNG bytes}, report.html) for `study`."""
+    board = leaderboard(study)
+    metric = study.user_attrs.get("objective_metric", "objective")
+    figures = {
+        "score_vs_params.png": plot_score_vs_params(board),
+        "per_class_f1.png": plot_class_f1(study, board),
+        "objective_vs_time.png": plot_objective_vs_time(board, metric),
+        "optimisation_history.png": plot_history(study, metric),
+        "param_importances.png": plot_importances(study),
+    }
+    best = _complete(board).head(1)
+    if not best.empty and best.iloc[0]["run_id"]:
+        row = best.iloc[0]
+        figures["best_confusion_matrix.png"] = plot_best_confusion(
+            row["run_id"], f"best trial #{row['number']} {row[names.BACKBONE]}: row-normalised")
+    pngs = {name: _png(fig) for name, fig in figures.items() if fig is not None}
+    if not best.empty and best.iloc[0]["run_id"]:
+        pngs.update(_gradcam_pngs(best.iloc[0]["run_id"]))
+    return board, pngs, render_html(study, board, pngs, metric)
+
+
+def render_html(study: optuna.Study, board: pd.DataFrame, pngs: dict[str, bytes],
+                metric: str) -> str:
+    """One self-contained page: every image is embedded as a data URI."""
+    shown = board.drop(columns=["run_id"]).copy()
+    shown["error"] = shown["error"].fillna("").str.slice(0, 80)
+    table = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}",
+                          classes="leaderboard", border=0)
+    counts = board["state"].value_counts().to_dict()
+    images = "\n".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(data).decode()}"><figcaption>{html.escape(name)}</figcaption></figure>'
+        for name, data in pngs.items()
+    )
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>leukoml study {html.escape(study.study_name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table.leaderboard {{ border-collapse: collapse; font-size: 0.85rem; }}
+table.leaderboard th, table.leaderboard td {{ padding: 0.25rem 0.6rem; text-align: right; }}
+table.leaderboard tr:nth-child(even) {{ background: #f3f5f8; }}
+figure {{ display: inline-block; margin: 1rem; vertical-align: top; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Study {html.escape(study.study_name)}</h1>
+<p>{len(board)} trials ({html.escape(summary)}); objective: {html.escape(metric)}
+({study.direction.name.lower()}).</p>
+<h2>Leaderboard</h2>
+{table}
+<h2>Figures</h2>
+{images}
+</body></html>
+"""
+
+
+def log_report(study: optuna.Study, run_id: str) -> pd.DataFrame:
+    """Write `report/` (leaderboard.csv, figures, report.html) into the run `run_id`."""
+    board, pngs, page = build_report(study)
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / names.REPORT_DIR
+        folder.mkdir()
+        board.to_csv(folder / Path(names.LEADERBOARD_CSV).name, index=False)
+        (folder / "leaderboard.html").write_text(board.to_html(index=False, na_rep=""))
+        (folder / "report.html").write_text(page)
+        for name, data in pngs.items():
+            (folder / name).write_bytes(data)
+        client.log_artifacts(run_id, str(folder), names.REPORT_DIR)
+    log.info("report of study %r logged to run %s", study.study_name, run_id)
+    return board
+
