@@ -273,6 +273,15 @@ def test_non_utf8_file_names_are_listed_and_fingerprinted(tmp_path):
     assert len(listing.fingerprint) == 20
 
 
+def test_skipped_non_utf8_names_are_reported_printable(make_dataset_folder):
+    root = make_dataset_folder({"a": 10, "b": 10})
+    (root / "a" / os.fsdecode(b"bad-\xff.jpg")).write_text("not an image")
+    data = prepare_dataset(str(root), 32)
+    assert ("a/bad-\\xff.jpg", "not an image (unrecognised content)") in data.skipped
+    for file, reason in data.skipped:
+        (file + reason).encode("utf-8")  # writable to a CSV or MLflow as it is
+
+
 def test_a_dataset_of_only_bad_files_stops_with_a_clear_error(tmp_path):
     root = tmp_path / "data"
     for name in ("a", "b"):

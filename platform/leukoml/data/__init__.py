@@ -18,7 +18,7 @@ import numpy as np
 
 from leukoml.data._cache import DecodedImages, cache_root, load_or_decode
 from leukoml.data._decode import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_image
-from leukoml.data._discover import Listing, scan_dataset
+from leukoml.data._discover import Listing, printable, scan_dataset
 from leukoml.data._groups import GroupBy
 from leukoml.data._leakage import (
     LeakageReport,
@@ -137,15 +137,16 @@ def prepare_dataset(
     labels = np.asarray(listing.labels)[decoded.kept]
     files = [listing.files[i] for i in decoded.kept]
     folder_splits = [listing.folder_splits[i] for i in decoded.kept]
-    skipped = listing.skipped + decoded.skipped
+    # reported, never opened again: shown printable (pandas, MLflow and logs reject surrogates)
+    skipped = [(printable(f), printable(r)) for f, r in listing.skipped + decoded.skipped]
     if skipped:
         log.warning("skipped %d file(s) that are not usable images (listed in the run)", len(skipped))
     counts = np.bincount(labels, minlength=len(listing.class_names))
     for label, count in enumerate(counts):
         if count == 0:
+            folder = printable(listing.class_folder(label))
             raise LeukomlError(
-                f"data: class folder {listing.class_folder(label)} has no readable image "
-                "left after skipping bad files"
+                f"data: class folder {folder} has no readable image left after skipping bad files"
             )
     groups = spec.groups(files, labels, folder_splits) if spec else None
     splits, split_source = assign_splits(
@@ -174,7 +175,7 @@ def prepare_dataset(
     if missing:
         raise LeukomlError(
             "data: no training images for class(es) "
-            + ", ".join(listing.class_names[m] for m in sorted(missing))
+            + ", ".join(printable(listing.class_names[m]) for m in sorted(missing))
         )
     return PreparedData(
         source=str(source),

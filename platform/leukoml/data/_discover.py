@@ -54,6 +54,11 @@ class Listing:
         return str(self.root / self.class_names[label])
 
 
+def printable(text: str) -> str:
+    """`text` with the bytes of non-UTF-8 file names shown as \\xNN: safe to log or write."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _is_split_name(name: str) -> bool:
     return name.lower() in SPLITS
 
@@ -104,7 +109,7 @@ def scan_dataset(root: str | Path) -> Listing:
             if names.index(folder.name) not in used:
                 rel = folder.relative_to(root).as_posix() + "/"
                 listing.skipped.append((rel, "empty class folder (no image files)"))
-                log.warning("class folder %s holds no image files; it is left out", rel)
+                log.warning("class folder %s holds no image files; it is left out", printable(rel))
     listing.class_names = [names[i] for i in used]
     remap = {old: new for new, old in enumerate(used)}
     listing.labels = [remap[label] for label in listing.labels]
