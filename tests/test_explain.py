@@ -158,6 +158,16 @@ def test_layer_choice_refuses_models_it_cannot_explain():
         find_target_layer(tiny_model(np.ones((4, 4, 3, 1), "float32"), size=4))
 
 
+def test_frozen_backbone_still_gets_a_heatmap():
+    keras.utils.set_random_seed(0)
+    frozen = build_classifier("Asghar2022CNN", 3, 32, weights="none", freeze_base=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateHeatmapWarning)
+        explanation = GradCam(frozen, "Asghar2022CNN").explain(cells(32, 2))
+    for heatmap in explanation.heatmaps:
+        assert_heatmap(heatmap, 32)
+
+
 def test_target_layer_survives_saving_and_loading(small_cnn, tmp_path):
     path = tmp_path / "model.keras"
     small_cnn.save(path)

@@ -158,6 +158,9 @@ class GradCam:
     def _maps(self, images: tf.Tensor, classes: tf.Tensor):
         x = self._preprocess(tf.cast(images, tf.float32))
         with tf.GradientTape() as tape:
+            # Watching the input records every op even when the backbone is
+            # frozen (freeze_base): its variables are not watched then.
+            tape.watch(x)
             features, logits = self._gradient_model(x, training=False)
             logits = tf.cast(logits, tf.float32)
             # class -1 stands for "the predicted class", known only after the forward pass
