@@ -73,7 +73,7 @@ def test_official_split_shares_nothing_between_train_and_test(kaggle):
 def test_random_resplit_of_train_leaks_and_the_batch_index_does_not_stop_it(kaggle, copies):
     _, random_report, _ = resplit_train(kaggle, copies, seed=0)
     random_pairs = cross_split_pairs(random_report)
-    assert random_pairs >= 15  # 23-28 over seeds 0-4, measured
+    assert random_pairs >= 15  # 21-28 over seeds 0-4, measured (grouped: 18-25)
     splits, grouped_report, groups = resplit_train(kaggle, copies, seed=0, group_by=BATCH_INDEX)
     assert len(np.unique(groups)) == 277
     for g in np.unique(groups):  # never split, as promised...
