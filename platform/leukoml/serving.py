@@ -123,7 +123,8 @@ def encode_image(data: bytes) -> str:
 
 def _image_bytes(row: int, value: object, limits: Limits) -> bytes:
     if not isinstance(value, str) or not value:
-        kind = "empty" if value in ("", None) else type(value).__name__
+        missing = value is None or value == "" or (isinstance(value, float) and value != value)
+        kind = "nothing" if missing else type(value).__name__
         raise RequestError(f"row {row}: column 'image' must hold a base64 string, got {kind}")
     text = _WHITESPACE.sub("", _DATA_URL.sub("", value, count=1))
     if len(text) * 3 // 4 > limits.max_image_bytes + 2:
@@ -184,9 +185,10 @@ class LeukocyteClassifier(mlflow.pyfunc.PythonModel):
         self._preprocess = preprocess_fn(self.backbone)
         # One graph for every batch size, traced here rather than in the first
         # request (Keras' predict_on_batch retraces per new batch size).
+        size = self.image_size
         self._forward = tf.function(
             lambda x: self.keras_model(x, training=False),
-            input_signature=[tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.float32)],
+            input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
         )
         self.probabilities(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
 

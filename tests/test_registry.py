@@ -1,0 +1,321 @@
+"""Promotion into the Model Registry: the champion alias moves only for a better model.
+
+"Better" and "worse" are real: models trained 8 epochs, 3 epochs, and with a
+learning rate too small to learn anything, on the same synthetic data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from leukoml import names
+from leukoml.config import TrainConfig
+from leukoml.data import SYNTHETIC_CLASSES, prepare_dataset, render_cell
+from leukoml.errors import LeukomlError
+from leukoml.registry import (
+    CANDIDATE,
+    CHAMPION,
+    TAG_CANDIDATE_F1,
+    TAG_CHAMPION_F1,
+    TAG_DECISION,
+    TAG_REASON,
+    advisory_key,
+    lock_path,
+    promote,
+    promotion_lock,
+)
+from leukoml.serving import serving_model_uri
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A SQLite store and an experiment with its artifacts in tmp, for this module."""
+    folder = tmp_path_factory.mktemp("registry-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.create_experiment("registry", (folder / "artifacts").as_uri())
+        yield SimpleNamespace(uri=uri, experiment=experiment, folder=folder)
+        mlflow.set_tracking_uri(None)
+
+
+def train(store, **overrides) -> str:
+    """Train a tiny model in process and return its finished run id."""
+    from leukoml.training import train_and_log
+
+    config = TrainConfig(**{"image_size": 32, "augment": False, **overrides})
+    data = prepare_dataset(config.data, config.image_size, seed=config.seed)
+    with mlflow.start_run(experiment_id=store.experiment) as run:
+        train_and_log(config, data)
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def weak(store):
+    return train(store, learning_rate=1e-6, max_epochs=1)  # cannot learn: one class for all
+
+
+@pytest.fixture(scope="module")
+def medium(store):
+    return train(store, max_epochs=3)
+
+
+@pytest.fixture(scope="module")
+def strong(store):
+    return train(store, max_epochs=8, patience=8, image_size=40)  # its own input size
+
+
+@pytest.fixture(scope="module")
+def three_classes(store):
+    root = store.folder / "three-classes"
+    for label, kind in enumerate(("basophil", "lymphocyte", "neutrophil")):
+        (root / kind).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(render_cell(kind, 48, (9, label, i))).save(root / kind / f"{i}.png")
+    return train(store, data=str(root), max_epochs=1)
+
+
+def logged_f1(run_id: str) -> float:
+    """The test macro-F1 training logged for the run."""
+    return mlflow.get_run(run_id).data.metrics[names.TEST_MACRO_F1]
+
+
+def alias(name: str, which: str) -> str:
+    return str(MlflowClient().get_model_version_by_alias(name, which).version)
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    return MlflowClient().get_model_version(name, version).tags
+
+
+def test_the_first_promotion_makes_a_champion_scored_as_in_training(store, medium):
+    result = promote(medium, "first")
+    assert result.promoted and result.previous_champion is None
+    assert alias("first", CHAMPION) == alias("first", CANDIDATE) == result.version
+    # Raw files through the pyfunc score exactly what training logged: same pixels.
+    assert result.candidate_f1 == pytest.approx(logged_f1(medium), abs=1e-9)
+    tags = version_tags("first", result.version)
+    assert tags[TAG_DECISION] == "champion" and "no champion yet" in tags[TAG_REASON]
+    assert tags[names.BACKBONE] == "Asghar2022CNN"
+    assert json.loads(tags[names.CLASS_NAMES]) == list(SYNTHETIC_CLASSES)
+    assert float(tags[names.TEST_MACRO_F1]) == pytest.approx(logged_f1(medium))
+    assert MlflowClient().get_model_version("first", result.version).run_id == medium
+
+
+def test_a_better_candidate_takes_the_champion_alias(store, weak, strong):
+    first = promote(weak, "better")
+    result = promote(strong, "better")
+    assert result.promoted and alias("better", CHAMPION) == result.version
+    assert result.previous_champion == first.version
+    # Each model read the same files at its own input size (32 and 40 px).
+    assert result.champion_f1 == pytest.approx(logged_f1(weak), abs=1e-9)
+    assert result.candidate_f1 == pytest.approx(logged_f1(strong), abs=1e-9)
+    assert result.candidate_f1 > result.champion_f1
+    tags = version_tags("better", result.version)
+    assert tags[TAG_REASON].startswith("better: test macro-F1")
+    assert float(tags[TAG_CHAMPION_F1]) == pytest.approx(result.champion_f1, abs=1e-6)
+
+
+def test_a_worse_candidate_leaves_the_champion_and_the_reason_is_recorded(store, weak, strong):
+    champion = promote(strong, "worse")
+    result = promote(weak, "worse")
+    assert not result.promoted
+    assert alias("worse", CHAMPION) == champion.version == result.champion_version
+    assert alias("worse", CANDIDATE) == result.version
+    tags = version_tags("worse", result.version)
+    assert tags[TAG_DECISION] == "not promoted"
+    assert tags[TAG_REASON].startswith("not better")
+    assert float(tags[TAG_CHAMPION_F1]) > float(tags[TAG_CANDIDATE_F1])
+
+
+def test_force_makes_a_worse_model_champion(store, weak, strong):
+    promote(strong, "forced")
+    result = promote(weak, "forced", force=True)
+    assert result.promoted and alias("forced", CHAMPION) == result.version
+    assert result.reason.startswith("forced; without force: not better")
+    assert result.champion_f1 > result.candidate_f1
+
+
+def test_models_of_other_classes_are_not_compared(store, strong, three_classes):
+    champion = promote(strong, "classes")
+    result = promote(three_classes, "classes")
+    assert not result.promoted and result.champion_f1 is None
+    assert alias("classes", CHAMPION) == champion.version
+    assert "not comparable" in result.reason and "basophil" in result.reason
+    assert "not comparable" in version_tags("classes", result.version)[TAG_REASON]
+    forced = promote(three_classes, "classes", force=True)
+    assert forced.promoted and alias("classes", CHAMPION) == forced.version
+
+
+def test_images_the_champion_trained_on_are_left_out(store, weak, strong):
+    """A champion with another split has trained on most of the candidate's test images."""
+    other_split = train(store, learning_rate=1e-6, max_epochs=1, seed=1)
+    promote(other_split, "overlap")
+    result = promote(strong, "overlap")
+    ours = prepare_dataset("synthetic", 40, seed=0)
+    theirs = prepare_dataset("synthetic", 32, seed=1)
+    seen = {theirs.files[i] for split in ("train", "val") for i in theirs.splits[split]}
+    unseen = [i for i in ours.splits["test"] if ours.files[i] not in seen]
+    assert 0 < result.eval_images == len(unseen) < len(ours.splits["test"])
+    assert f"({len(ours.splits['test']) - len(unseen)} the champion trained on left out)" in (
+        result.reason)
+
+
+def test_racing_promotions_leave_the_better_model_as_champion(store, weak, medium, strong):
+    for run in (weak, medium, strong):  # log the pyfuncs first: the race is about the alias
+        serving_model_uri(run)
+    promote(weak, "race")
+    start, results, errors = threading.Barrier(2), {}, []
+
+    def run(key: str, run_id: str) -> None:
+        try:
+            start.wait()
+            results[key] = promote(run_id, "race")
+        except Exception as exc:  # surfaced below; a thread cannot fail the test itself
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=a) for a in (("medium", medium),
+                                                               ("strong", strong))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    assert not errors, errors
+    assert alias("race", CHAMPION) == results["strong"].version
+    # Serialised: the second compared itself with the first's outcome, not with `weak`.
+    m, s = results["medium"], results["strong"]
+    assert m.previous_champion == s.version or s.previous_champion == m.version
+
+
+def test_a_waiting_promotion_rereads_the_champion_after_taking_the_lock(
+        store, weak, medium, strong, tmp_path):
+    lock_url = str(tmp_path / "optuna.journal")
+    promote(weak, "reread", lock_url=lock_url)
+    better = mlflow.register_model(serving_model_uri(strong), "reread").version
+    client, out = MlflowClient(), []
+    with promotion_lock(lock_url, "reread"):
+        waiting = threading.Thread(target=lambda: out.append(
+            promote(medium, "reread", lock_url=lock_url)))
+        waiting.start()
+        deadline = time.monotonic() + 300
+        while int(alias("reread", CANDIDATE)) <= int(better):  # not yet registered
+            assert time.monotonic() < deadline and waiting.is_alive()
+            time.sleep(0.5)
+        time.sleep(5)  # the candidate is scored, then it waits for the lock
+        assert waiting.is_alive()
+        # Another promotion, holding the lock, moves the champion meanwhile.
+        client.set_registered_model_alias("reread", CHAMPION, better)
+    waiting.join(300)
+    result = out[0]
+    assert result.previous_champion == str(better)
+    assert not result.promoted and alias("reread", CHAMPION) == str(better)
+
+
+# --- the lock itself ------------------------------------------------------------
+
+
+def test_lock_paths(tmp_path, isolated_cache):
+    assert lock_path(None, "wbc/x y") == isolated_cache / "locks" / "promote-wbc_x_y.lock"
+    db = tmp_path / "mlflow.db"
+    assert lock_path(f"sqlite:///{db}", "m") == tmp_path / "mlflow.db.promote-m.lock"
+    assert lock_path(str(tmp_path / "s.journal"), "m") == tmp_path / "s.journal.promote-m.lock"
+    with pytest.raises(LeukomlError, match="lock_url: unsupported scheme in mysql://"):
+        lock_path("mysql://user:secret@host/db", "m")
+
+
+def test_the_file_lock_excludes_other_threads_until_released(tmp_path):
+    url, got = f"sqlite:///{tmp_path / 'mlflow.db'}", []
+    with promotion_lock(url, "m"):
+        with pytest.raises(LeukomlError, match=r"promotion lock .* still held after 0 s"):
+            with promotion_lock(url, "m", timeout=0.3):
+                pass
+        other = threading.Thread(target=lambda: _hold(promotion_lock(url, "m"), got))
+        other.start()
+        time.sleep(0.5)
+        assert not got  # still waiting
+        with promotion_lock(url, "other-model", timeout=0.3):  # another model is not blocked
+            pass
+    other.join(10)
+    assert got == ["held"]
+
+
+def _hold(lock, got: list) -> None:
+    with lock:
+        got.append("held")
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throw-away PostgreSQL server on loopback (skipped without the binaries)."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found")
+    folder = Path(tempfile.mkdtemp(prefix="leukoml-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser")
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = folder / "data"
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"cannot start a PostgreSQL server: {exc}")
+    try:
+        yield f"postgresql://postgres:secret@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_the_postgres_advisory_lock_excludes_other_sessions(postgres_url):
+    import sqlalchemy
+
+    got = []
+    with promotion_lock(postgres_url, "m"):
+        engine = sqlalchemy.create_engine(postgres_url.replace("postgresql:",
+                                                              "postgresql+psycopg2:"))
+        with engine.connect() as conn:  # the lock is visible to every session of the database
+            held = conn.execute(sqlalchemy.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")).scalar()
+        engine.dispose()
+        assert held == 1
+        with pytest.raises(LeukomlError, match=r"advisory lock .*postgres:\*\*\*@") as caught:
+            with promotion_lock(postgres_url, "m", timeout=0.3):
+                pass
+        assert "secret" not in str(caught.value)
+        other = threading.Thread(target=lambda: _hold(promotion_lock(postgres_url, "m"), got))
+        other.start()
+        time.sleep(0.5)
+        assert not got
+        with promotion_lock(postgres_url, "other-model", timeout=0.3):
+            pass
+    other.join(10)
+    assert got == ["held"]
+    assert advisory_key("m") != advisory_key("other-model")
