@@ -1,0 +1,110 @@
+"""Fixtures for end-to-end tests that drive real MLflow processes.
+
+`model_server` starts a real `mlflow models serve` subprocess on loopback
+and always stops its whole process group (the CLI runs uvicorn in a child,
+which must not outlive the test); `free_port` finds a port for it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+SERVE_START_TIMEOUT = 240  # seconds: TensorFlow import and model load on a busy 2-core box
+
+
+def find_free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def serve_model(
+    model_uri: str, log_path: Path, env: dict[str, str] | None = None, port: int | None = None,
+    timeout: float = SERVE_START_TIMEOUT,
+) -> Iterator[str]:
+    """Run `mlflow models serve -m model_uri --env-manager local`; yield its base URL.
+
+    `env` is added to this process's environment (set MLFLOW_TRACKING_URI for
+    `models:/` URIs). The server's output goes to `log_path`, quoted on failure.
+    """
+    import requests
+
+    port = port or find_free_port()
+    full_env = {**os.environ, **(env or {})}
+    full_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + full_env.get("PATH", "")
+    command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "-p", str(port), "--host", "127.0.0.1"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{_tail(log_path)}")
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow models serve not up after {timeout} s:\n{_tail(log_path)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 when the test starts."""
+    return find_free_port()
+
+
+@pytest.fixture(scope="session")
+def model_server():
+    """`serve_model`: `with model_server(uri, log_path, env={...}) as url: ...`."""
+    return serve_model
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    proc.poll()  # reap the leader if it exited, so a zombie does not count
+    try:
+        os.killpg(proc.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _stop(proc: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM the server's process group; SIGKILL whatever is left after `grace` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _group_alive(proc):
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while _group_alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    proc.wait(5)
