@@ -127,9 +127,9 @@ def _add_promote(sub) -> None:
     p.add_argument("--model-name", default="wbc-classifier", help="registered model name")
     p.add_argument("--force", type=_bool, default=False,
                    help="make it champion even if not better or not comparable")
-    p.add_argument("--lock-url", default=None,
+    p.add_argument("--lock-url", default="",
                    help="postgresql://... (advisory lock), sqlite:///path or a file path (file "
-                        "lock beside it); default: a file lock in the leukoml cache dir")
+                        "lock beside it); empty: a file lock in the leukoml cache dir")
     p.set_defaults(func=_run_promote)
 
 
@@ -142,7 +142,8 @@ def _run_promote(args) -> int:
     with mlflow.start_run():
         mlflow.set_tags({names.TAG_ROLE: "promotion",
                          names.TAG_RUN_NAME: f"promote-{args.model_name}"})
-        result = promote(args.run_id, args.model_name, force=args.force, lock_url=args.lock_url)
+        result = promote(args.run_id, args.model_name, force=args.force,
+                         lock_url=args.lock_url or None)
         mlflow.set_tags({**result.tags(),
                          "leukoml.promotion.model_version": f"{args.model_name}/{result.version}"})
     verdict = "is the champion" if result.promoted else (
