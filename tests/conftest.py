@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 # Re-exported for tests that import them from here.
-from helpers import KAGGLE, REAL_DATA, REPO, run_cli, skip_without_real_data, write_image  # noqa: F401
+from helpers import (  # noqa: F401
+    KAGGLE,
+    REAL_DATA,
+    REPO,
+    make_experiment,
+    run_cli,
+    skip_without_real_data,
+    write_image,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,11 +37,13 @@ def isolated_cache(tmp_path_factory):
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store (registry-capable) for one test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     import mlflow
 
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+    # in-process runs go to an experiment whose artifacts stay in tmp_path
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", make_experiment(uri, "tests", tmp_path))
     yield uri
     mlflow.set_tracking_uri(None)
 

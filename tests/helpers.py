@@ -32,9 +32,22 @@ def skip_without_real_data():
         pytest.skip(f"real data not present at {KAGGLE}")
 
 
+def make_experiment(tracking_uri: str, name: str, folder: Path) -> str:
+    """An experiment whose artifacts live in `folder` (not in ./mlruns of the checkout)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=(folder / "artifacts").as_uri())
+
+
 def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 900):
     """Run a command (e.g. `mlflow run ...`) with this venv first on PATH; return the result."""
-    full_env = {**os.environ, **(env or {})}
+    # the in-process test experiment is not the subprocess's (it names its own)
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
+    full_env.update(env or {})
     full_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + full_env.get("PATH", "")
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)

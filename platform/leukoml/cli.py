@@ -52,6 +52,12 @@ def _add_train(sub) -> None:
     p.add_argument("--monitor", default=defaults.monitor, help="early-stopping metric")
     p.add_argument("--class-weight", default=defaults.class_weight, help="none or balanced")
     p.add_argument("--mixed-precision", type=_bool, default=defaults.mixed_precision)
+    p.add_argument("--group-by", default=defaults.group_by,
+                   help="keep groups in one split: a regex with one capture group over file "
+                        "names, or a CSV with columns file,group")
+    p.add_argument("--drop-cross-split-duplicates", type=_bool,
+                   default=defaults.drop_cross_split_duplicates,
+                   help="drop train/val images that copy a test (or val) image")
     p.set_defaults(func=_run_train)
 
 
@@ -64,7 +70,10 @@ def _run_train(args) -> int:
     from leukoml.training import train_and_log
 
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.field_names()}).validated()
-    data = prepare_dataset(config.data, config.image_size, seed=config.seed)
+    data = prepare_dataset(config.data, config.image_size, seed=config.seed,
+                           group_by=config.group_by or None,
+                           drop_cross_split_duplicates=config.drop_cross_split_duplicates)
+    _warn_if_leaking(data)
     with mlflow.start_run():
         mlflow.set_tags({names.TAG_ROLE: "train", names.TAG_RUN_NAME: f"train-{config.backbone}"})
         result = train_and_log(config, data)
@@ -76,6 +85,15 @@ def _run_train(args) -> int:
         f"macro-F1 {m[names.TEST_MACRO_F1]:.4f}"
     )
     return 0
+
+
+def _warn_if_leaking(data) -> None:
+    """Say it loudly: a test score from a split that shares images is not a result."""
+    if data.leakage.train_shares_images:
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: train shares images with val/test; scores will be inflated.\n"
+              f"{data.leakage.summary_text()}\nUse split folders, --group-by or "
+              f"--drop-cross-split-duplicates true.\n{bar}", file=sys.stderr, flush=True)
 
 
 def _add_search(sub) -> None:
@@ -104,7 +122,7 @@ def _run_search(args) -> int:
 
     from leukoml.config import load_search_space
     from leukoml.report import format_top, log_report
-    from leukoml.search import run_search
+    from leukoml.search import promote_best, run_search
 
     space = load_search_space(args.search_space)
     study_name = args.study_name or f"{Path(args.search_space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -114,10 +132,14 @@ def _run_search(args) -> int:
     board = log_report(outcome.study, outcome.parent_run_id)
     print(f"\nstudy {study_name!r}: leaderboard (parent run {outcome.parent_run_id})")
     print(format_top(board))
-    if outcome.best_run_id:
-        print(f"best trial run: {outcome.best_run_id}")
-    else:
+    if not outcome.best_run_id:
         print("no trial completed; nothing to promote")
+        return 0
+    print(f"best trial run: {outcome.best_run_id}")
+    result = promote_best(outcome, args.model_name, args.storage or None)
+    if result is not None:
+        print(f"{args.model_name} version {result.version}: "
+              f"{'champion' if result.promoted else 'candidate only'} ({result.reason})")
     return 0
 
 
@@ -185,6 +207,35 @@ def _run_report(args) -> int:
     return 0
 
 
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="Grad-CAM overlays of a served model for image files")
+    p.add_argument("--model-uri", required=True,
+                   help="a leukoml serving model, e.g. models:/wbc-classifier@champion")
+    p.add_argument("--images", required=True, help="an image file or a folder of images")
+    p.add_argument("--output-dir", default="gradcam-output",
+                   help="where the overlay PNGs are written (also logged to the run)")
+    p.set_defaults(func=_run_explain)
+
+
+def _run_explain(args) -> int:
+    import mlflow
+
+    from leukoml import names
+    from leukoml.explain import explain_images
+    from leukoml.serving import load_served_model
+
+    served = load_served_model(args.model_uri)
+    with mlflow.start_run() as run:
+        mlflow.set_tags({names.TAG_ROLE: "explain", "leukoml.model_uri": args.model_uri,
+                         names.TAG_RUN_NAME: f"explain-{served.backbone}"})
+        written = explain_images(served.keras_model, served.backbone, served.class_names,
+                                 served.image_size, args.images, args.output_dir)
+        mlflow.log_artifacts(args.output_dir, names.GRADCAM_DIR)
+    print(f"{len(written)} Grad-CAM overlay(s) in {args.output_dir}, logged to run "
+          f"{run.info.run_id} under {names.GRADCAM_DIR}/")
+    return 0
+
+
 def _list_backbones(args) -> int:
     from leukoml.backbones import list_backbones
 
@@ -201,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_promote(sub)
     _add_search(sub)
     _add_report(sub)
+    _add_explain(sub)
     p = sub.add_parser("backbones", help="list the registered backbones and their tiers")
     p.add_argument("--tier", choices=("low", "medium", "high"))
     p.set_defaults(func=_list_backbones)

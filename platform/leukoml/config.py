@@ -34,6 +34,8 @@ class TrainConfig:
     monitor: str = "val_loss"
     class_weight: str = "none"
     mixed_precision: bool = False
+    group_by: str = ""  # regex with one capture group over file names, or a file,group CSV
+    drop_cross_split_duplicates: bool = False
 
     def validated(self) -> "TrainConfig":
         """A checked copy, or a `LeukomlError` naming the field, before any work starts."""

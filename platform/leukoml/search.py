@@ -188,6 +188,8 @@ def sample_config(trial: optuna.Trial, space: SearchSpace, data: str) -> TrainCo
         monitor=space.objective_metric,
         class_weight=class_weight,
         mixed_precision=space.mixed_precision,
+        group_by=space.split.get("group_by") or "",
+        drop_cross_split_duplicates=bool(space.split.get("drop_cross_split_duplicates", False)),
     )
 
 
@@ -238,13 +240,14 @@ class _Objective:
         self.experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         self._prepared = {}  # image size -> PreparedData, decoded once per worker
 
-    def _dataset(self, image_size: int):
+    def _dataset(self, config: TrainConfig):
         from leukoml.data import prepare_dataset
 
-        if image_size not in self._prepared:
-            self._prepared[image_size] = prepare_dataset(self.data, image_size,
-                                                         seed=self.space.seed)
-        return self._prepared[image_size]
+        if config.image_size not in self._prepared:
+            self._prepared[config.image_size] = prepare_dataset(
+                self.data, config.image_size, seed=config.seed, group_by=config.group_by or None,
+                drop_cross_split_duplicates=config.drop_cross_split_duplicates)
+        return self._prepared[config.image_size]
 
     def __call__(self, trial: optuna.Trial) -> float:
         from optuna_integration import KerasPruningCallback
@@ -271,7 +274,7 @@ class _Objective:
         mlflow.start_run(run_id=run_id, nested=True)
         status = RunStatus.FAILED
         try:
-            data = self._dataset(config.image_size)
+            data = self._dataset(config)
             pruning = KerasPruningCallback(trial, self.space.objective_metric)
             result = train_and_log(config, data, callbacks=[pruning])
             value = result.objective(self.space.objective_metric)
@@ -382,3 +385,37 @@ def _best_run_id(study: optuna.Study) -> str | None:
         return study.best_trial.user_attrs.get(RUN_ID_ATTR)
     except ValueError:  # no completed trial
         return None
+
+
+PROMOTED_ATTR = "promoted_run_id"
+
+
+def promote_best(outcome: SearchOutcome, model_name: str, storage: str | None):
+    """Promote the study's best trial once, by the last worker to finish.
+
+    A worker that still sees trials running or queued leaves it to the one
+    that finishes them. Under a per-study lock (the registry's, in the study
+    storage), a worker that finds the best trial already promoted does
+    nothing, so racing workers promote once; a resumed study whose best
+    trial changed is promoted again. Returns the `PromotionResult` or None.
+    """
+    from leukoml.registry import promote, promotion_lock
+
+    study = outcome.study
+    unfinished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,
+                                                          optuna.trial.TrialState.WAITING))
+    if unfinished:
+        print(f"{len(unfinished)} trial(s) still running elsewhere: the last worker promotes",
+              flush=True)
+        return None
+    best_run_id = _best_run_id(study)
+    if not best_run_id:
+        return None
+    url = storage or DEFAULT_STORAGE
+    with promotion_lock(url, f"{model_name}.study.{study.study_name}"):
+        if study.user_attrs.get(PROMOTED_ATTR) == best_run_id:
+            print(f"best trial run {best_run_id} already promoted", flush=True)
+            return None
+        result = promote(best_run_id, model_name, lock_url=url)
+        study.set_user_attr(PROMOTED_ATTR, best_run_id)
+    return result

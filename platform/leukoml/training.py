@@ -31,6 +31,7 @@ from leukoml.data import PreparedData
 from leukoml.data.tfdata import make_dataset
 from leukoml.errors import LeukomlError
 from leukoml.evaluate import Evaluation, evaluate_predictions, plot_confusion
+from leukoml.explain import log_gradcam
 from leukoml.runtime import configure_devices
 from leukoml.tracking import log_params
 
@@ -153,6 +154,13 @@ def _log_data_artifacts(data: PreparedData) -> None:
          "class_counts": data.class_counts()},
         names.SPLIT_SIZES,
     )
+    leakage = data.leakage
+    mlflow.log_dict(leakage.to_dict(), names.LEAKAGE_REPORT)
+    mlflow.log_text(leakage.summary_text() + "\n", names.LEAKAGE_SUMMARY)
+    mlflow.log_metrics({names.COPIES_TRAIN_TEST: leakage.shared_pairs("train", "test"),
+                        names.COPIES_TRAIN_VAL: leakage.shared_pairs("train", "val")})
+    if leakage.train_shares_images:
+        mlflow.set_tag(names.TAG_LEAKAGE, leakage.summary_text().splitlines()[0][:500])
     if data.skipped:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(names.SKIPPED_FILES).name
@@ -255,6 +263,11 @@ def train_and_log(
         data.labels[split["test"]], probabilities.argmax(axis=1), data.class_names
     )
     log_evaluation(evaluation, f"{config.backbone} on {len(split['test'])} test images")
+    try:
+        log_gradcam(model, data, probabilities, config.backbone)
+    except Exception as exc:  # a diagnostic must not cost the trained model
+        log.warning("Grad-CAM failed for %s: %s", config.backbone, exc)
+        mlflow.log_text(f"{type(exc).__name__}: {exc}\n", f"{names.GRADCAM_DIR}/error.txt")
     if log_model:
         # Re-compile with built-ins only: the logged model then loads anywhere
         # (`mlflow.keras.load_model`) without leukoml's custom metric classes.

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from helpers import run_cli
+from helpers import make_experiment, run_cli
 from leukoml import names
 
 pytestmark = pytest.mark.e2e
@@ -44,22 +44,30 @@ def search_space(path, weights, n_trials):
     return path
 
 
-def mlflow_run_search(tracking_uri, storage, space, study_name, n_trials=None):
-    args = ["mlflow", "run", ".", "-e", "search", "--env-manager", "local",
-            "--experiment-name", "e2e-search", "-P", f"data={DATA}",
-            "-P", f"search_space={space}", "-P", f"study_name={study_name}",
-            "-P", f"storage={storage}"]
-    if n_trials:
-        args += ["-P", f"n_trials={n_trials}"]
+MODEL = "e2e-wbc"
+
+
+def mlflow_run(tracking_uri, entry, **params):
+    args = ["mlflow", "run", ".", "-e", entry, "--env-manager", "local",
+            "--experiment-name", "e2e-search"]
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
     proc = run_cli(args, env={"MLFLOW_TRACKING_URI": tracking_uri})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def mlflow_run_search(tracking_uri, storage, space, study_name, n_trials=None):
+    extra = {"n_trials": n_trials} if n_trials else {}
+    return mlflow_run(tracking_uri, "search", data=DATA, search_space=space,
+                      study_name=study_name, storage=storage, model_name=MODEL, **extra)
 
 
 def test_search_nests_trials_prunes_survives_failures_and_resumes(
     tracking_uri, tmp_path, asghar_weights
 ):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    make_experiment(tracking_uri, "e2e-search", tmp_path)
     space = search_space(tmp_path / "tiny.yaml", asghar_weights, n_trials=6)
     first = mlflow_run_search(tracking_uri, storage, space, "tiny")
     assert "leaderboard" in first.stdout and "trial 0" in first.stdout
@@ -114,6 +122,42 @@ def test_search_nests_trials_prunes_survives_failures_and_resumes(
     assert board.loc[0, "objective"] == pytest.approx(study.best_value)
     best_run = by_number[study.best_trial.number].info.run_id
     assert parent.data.tags[names.TAG_BEST_TRIAL_RUN] == best_run
+
+    # the best trial was promoted: the first version of the model is the champion
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.run_id == best_run
+    assert client.get_model_version_by_alias(MODEL, "candidate").version == champion.version
+
+    # report/: figures and one self-contained page embedding them
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, names.REPORT_DIR)}
+    for figure in ("score_vs_params.png", "per_class_f1.png", "optimisation_history.png",
+                   "best_confusion_matrix.png", "report.html"):
+        assert f"{names.REPORT_DIR}/{figure}" in report
+    page = open(client.download_artifacts(parent.info.run_id, "report/report.html")).read()
+    assert page.count("data:image/png;base64,") >= 5 and 'src="report/' not in page
+
+    # -e report rebuilds the same leaderboard from the study storage alone
+    original = board.copy()
+    mlflow_run(tracking_uri, "report", study_name="tiny", storage=storage)
+    rebuilt = pd.read_csv(client.download_artifacts(parent.info.run_id, names.LEADERBOARD_CSV))
+    pd.testing.assert_frame_equal(rebuilt, original)
+
+    # -e explain: Grad-CAM overlays of the champion for a folder of images
+    images = tmp_path / "to-explain"
+    images.mkdir()
+    from PIL import Image
+
+    from leukoml.data import render_cell
+    for i, kind in enumerate(("monocyte", "eosinophil", "lymphocyte")):
+        Image.fromarray(render_cell(kind, 80, seed=i)).save(images / f"{kind}.png")
+    out = tmp_path / "overlays"
+    mlflow_run(tracking_uri, "explain", model_uri=f"models:/{MODEL}@champion",
+               images=images, output_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "eosinophil.png.gradcam.png", "lymphocyte.png.gradcam.png", "monocyte.png.gradcam.png"]
+    explain_runs = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'explain'")
+    logged = client.list_artifacts(explain_runs[0].info.run_id, names.GRADCAM_DIR)
+    assert len(logged) == 3
 
     # resume: the same study name and a larger budget add trials, recompute nothing
     before = {t.number: (t.state, t.value, t.params) for t in study.trials}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import mlflow
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import KAGGLE, run_cli, skip_without_real_data
+from helpers import KAGGLE, make_experiment, run_cli, skip_without_real_data
 from leukoml import names
 
 pytestmark = pytest.mark.e2e
@@ -19,7 +20,8 @@ EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1",
               "val_balanced_accuracy", names.EPOCH_SECONDS, names.IMAGES_PER_SECOND)
 
 
-def mlflow_run_train(tracking_uri: str, experiment: str, **params) -> tuple[object, object]:
+def mlflow_run_train(tracking_uri: str, experiment: str, folder, **params):
+    make_experiment(tracking_uri, experiment, folder)
     args = ["mlflow", "run", ".", "-e", "train", "--env-manager", "local",
             "--experiment-name", experiment]
     for key, value in params.items():
@@ -57,16 +59,20 @@ def check_training_run(client: MlflowClient, run, class_names: list[str], epochs
     assert run.data.tags[names.TAG_DEVICE] == "CPU"
     files = _artifacts(client, run.info.run_id)
     for artifact in (names.CONFUSION_PNG, names.CONFUSION_CSV, names.CLASSIFICATION_REPORT,
-                     names.SPLIT_SIZES):
+                     names.SPLIT_SIZES, names.LEAKAGE_REPORT, names.LEAKAGE_SUMMARY):
         assert artifact in files
+    gradcams = [f for f in files if f.startswith(f"{names.GRADCAM_DIR}/") and f.endswith(".png")]
+    assert len(gradcams) == len(class_names)
+    assert run.data.tags[names.TAG_GRADCAM_LAYER]
+    assert metrics[names.COPIES_TRAIN_TEST] >= 0 and metrics[names.COPIES_TRAIN_VAL] >= 0
     assert any(f.startswith(f"{names.MODEL_ARTIFACT}/") or f == names.MODEL_ARTIFACT
                for f in files) or client.search_logged_models(
         experiment_ids=[run.info.experiment_id])
 
 
-def test_train_on_synthetic_data_logs_everything_and_learns(tracking_uri):
+def test_train_on_synthetic_data_logs_everything_and_learns(tracking_uri, tmp_path):
     proc, runs = mlflow_run_train(
-        tracking_uri, "e2e-train", data="synthetic", backbone="Asghar2022CNN", image_size=64,
+        tracking_uri, "e2e-train", tmp_path, data="synthetic", backbone="Asghar2022CNN", image_size=64,
         max_epochs=5, learning_rate=0.001, batch_size=32, patience=3)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert len(runs) == 1
@@ -88,13 +94,14 @@ def test_train_on_synthetic_data_logs_everything_and_learns(tracking_uri):
     assert counts.sum() == int(run.data.params[names.N_TEST])
 
 
-def test_bad_arguments_are_refused_before_training(tracking_uri):
-    proc, runs = mlflow_run_train(tracking_uri, "e2e-refused", backbone="ResNet9000")
+def test_bad_arguments_are_refused_before_training(tracking_uri, tmp_path):
+    proc, runs = mlflow_run_train(tracking_uri, "e2e-refused", tmp_path, backbone="ResNet9000")
     assert proc.returncode != 0
-    assert "unknown backbone 'ResNet9000'" in proc.stderr
+    assert "unknown backbone 'ResNet9000'" in proc.stderr, proc.stderr[-3000:]
     assert "MobileNetV3Small" in proc.stderr  # the allowed values are listed
     assert "Epoch 1" not in proc.stdout
-    proc, _ = mlflow_run_train(tracking_uri, "e2e-refused", backbone="InceptionV3", image_size=64)
+    proc, _ = mlflow_run_train(tracking_uri, "e2e-refused", tmp_path, backbone="InceptionV3",
+                               image_size=64)
     assert proc.returncode != 0 and "minimum of 75 px" in proc.stderr
 
 
@@ -109,11 +116,14 @@ def test_train_on_a_sample_of_the_kaggle_set(tracking_uri, tmp_path):
             for image in sorted(folder.glob("*.jpeg"))[:per_class]:
                 shutil.copy(image, target / image.name)
     proc, runs = mlflow_run_train(
-        tracking_uri, "e2e-kaggle", data=str(sample), backbone="Asghar2022CNN", image_size=48,
-        max_epochs=2, batch_size=16)
+        tracking_uri, "e2e-kaggle", tmp_path, data=str(sample), backbone="Asghar2022CNN", image_size=48,
+        max_epochs=2, batch_size=16, group_by=r"^_(\d+)_")
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = runs[0]
     check_training_run(MlflowClient(tracking_uri), run,
                        ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"], epochs=2)
     assert run.data.params[names.N_TEST] == "40"  # the TEST folder, untouched
+    # `mlflow run` logs entry-point params shell-quoted
+    assert shlex.split(run.data.params[names.GROUP_BY]) == [r"^_(\d+)_"]
+    assert "grouped by" in run.data.params[names.SPLIT_SOURCE]
     assert int(run.data.params[names.N_TRAIN]) + int(run.data.params[names.N_VAL]) == 120
