@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -28,21 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import requests
+from _common import machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "platform"))
-RESULTS = REPO / "benchmarks" / "results" / "serving.json"
-
-
-def machine() -> dict[str, object]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
-    import mlflow
-    import tensorflow as tf
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "mlflow": mlflow.__version__, "load_average_1m_at_start": os.getloadavg()[0]}
 
 
 def train_tiny_model(image_size: int) -> str:
@@ -170,23 +157,21 @@ def main() -> None:
     finally:
         stop_server(server)
 
-    info["load_average_1m_at_end"] = os.getloadavg()[0]
     shutil.rmtree(workdir)  # kept on failure: the server log is there
     report = {"machine": info,
               "model": args.model_uri or "1-epoch model trained for this run (throw-away store)",
               "backbone": model.backbone,
               "image_size": model.image_size, "request_image": "96x96 PNG, base64",
               "concurrency": 1, "results": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_result("serving", report)
     print(f"\n{info['cpu']}, {info['cores']} cores, load average "
-          f"{info['load_average_1m_at_start']:.1f} -> {info['load_average_1m_at_end']:.1f}; "
+          f"{info['load_average_1m_at_start']:.1f} -> {os.getloadavg()[0]:.1f}; "
           f"{model.backbone} at {model.image_size} px, sequential requests\n")
     print(f"{'where':<28} {'imgs/req':>8} {'req/s':>8} {'imgs/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
     for r in rows:
         print(f"{r['where']:<28} {r['images_per_request']:>8} {r['requests_per_s']:>8.1f} "
               f"{r['images_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f}")
-    print(f"\nwritten to {RESULTS.relative_to(REPO)}")
+    print(f"\nwritten to {path.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

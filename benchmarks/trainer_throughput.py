@@ -18,9 +18,7 @@ Prints a table and writes benchmarks/results/trainer_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -31,26 +29,12 @@ import keras
 import mlflow
 import numpy as np
 
+from _common import machine, write_result
 from leukoml import names
 from leukoml.backbones.classifier import build_classifier, preprocess_fn
 from leukoml.config import TrainConfig
 from leukoml.data import prepare_dataset
 from leukoml.training import train_and_log
-
-RESULTS = Path(__file__).with_name("results")
-
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
 
 def bare_fit(data, backbone: str, batch_size: int, epochs: int) -> tuple[float, float]:
     """Images/s of plain Keras on in-memory arrays, and the first step's delay."""
@@ -143,7 +127,7 @@ def main() -> None:
         "decode_cache_reuse_s": round(warm.decoded.seconds, 3),
         "rows": rows,
     }
-    print(f"machine: {result['machine']}")
+    print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores")
     print(f"decode cache: built in {result['decode_cache_build_s']} s, "
           f"reused in {result['decode_cache_reuse_s']} s ({result['n_train']} training images)")
     print(f"{'backbone':<18} {'trial img/s':>11} {'bare img/s':>10} {'ratio':>6} "
@@ -151,8 +135,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['backbone']:<18} {r['trial_images_per_s']:>11} {r['bare_fit_images_per_s']:>10}"
               f" {r['ratio']:>6} {r['trial_first_step_s']:>16} {r['bare_first_step_s']:>15}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "trainer_throughput.json").write_text(json.dumps(result, indent=2))
+    write_result("trainer_throughput", result)
     shutil.rmtree(cache, ignore_errors=True)
 
 

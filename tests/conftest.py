@@ -7,16 +7,7 @@ from pathlib import Path
 
 import pytest
 
-# Re-exported for tests that import them from here.
-from helpers import (  # noqa: F401
-    KAGGLE,
-    REAL_DATA,
-    REPO,
-    make_experiment,
-    run_cli,
-    skip_without_real_data,
-    write_image,
-)
+from helpers import make_experiment, write_image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -19,7 +19,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import KAGGLE, skip_without_real_data
+from helpers import KAGGLE, skip_without_real_data
 from leukoml.data import prepare_dataset
 from leukoml.data._groups import GroupBy
 from leukoml.data._leakage import cached_copies, drop_cross_split_copies, leakage_report

@@ -110,6 +110,7 @@ def test_search_nests_trials_prunes_survives_failures_and_resumes(
         elif trial.state.name == "PRUNED":
             history = client.get_metric_history(run.info.run_id, "val_macro_f1")
             assert 1 <= len(history) < 3  # partial curve kept
+            assert metrics[names.EPOCHS_RUN] == len(history) == len(trial.intermediate_values)
             assert names.TEST_MACRO_F1 not in metrics
         else:
             assert params["backbone"] == "MobileNetV3Small"

@@ -1,0 +1,30 @@
+"""Run a study in-process for a benchmark, in a throw-away MLflow and Optuna store."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+
+from leukoml.config import parse_search_space
+from leukoml.search import run_search
+
+
+def scratch_stores(prefix: str) -> tuple[str, str]:
+    """(tracking URI, Optuna storage URL) in a fresh temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix=f"leukoml-{prefix}-"))
+    tracking = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+        prefix, (folder / "artifacts").as_uri()))
+    return tracking, f"sqlite:///{folder / 'optuna.db'}"
+
+
+def run_study(space: dict, data: str, name: str, storage: str, **budget):
+    """Run the study defined by `space` (a search-space mapping); return (study, seconds)."""
+    started = time.perf_counter()
+    with mlflow.start_run(run_name=name):
+        outcome = run_search(parse_search_space(space), data, name, storage=storage, **budget)
+    return outcome.study, time.perf_counter() - started
