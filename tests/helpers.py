@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +60,153 @@ def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout:
     full_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + full_env.get("PATH", "")
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log file ("" if there is none)."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def group_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process of `proc`'s process group (started with a new session) lives."""
+    proc.poll()  # reap the leader if it exited, so a zombie does not count
+    try:
+        os.killpg(proc.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM the process group of `proc`; SIGKILL whatever is left after `grace` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not group_alive(proc):
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while group_alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    proc.wait(5)
+
+
+def find_free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_bin() -> Path | None:
+    """The folder of initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<v>/bin."""
+    initdb = shutil.which("initdb")
+    if initdb and shutil.which("pg_ctl"):
+        return Path(initdb).resolve().parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    return Path(found[-1]).parent if found else None
+
+
+@dataclass
+class PostgresServer:
+    port: int
+
+    def url(self, database: str = "postgres") -> str:
+        # trust auth: the password is ignored, but shows that URLs are masked in messages
+        return f"postgresql://postgres:secret@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """CREATE DATABASE `name`; return its URL."""
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres",
+                                dbname="postgres")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return self.url(name)
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL server on a free loopback port.
+
+    Skips where the binaries are missing; fails if they are there but the server
+    does not start (CI installs them: a skip there would hide a breakage).
+    initdb refuses to run as root, so as root the server runs as the `postgres`
+    user, in a folder under the system temp dir (pytest's tmp_path is root-only).
+    """
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found")
+    initdb, pg_ctl = str(bin_dir / "initdb"), str(bin_dir / "pg_ctl")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    folder = Path(tempfile.mkdtemp(prefix="leukoml-pg-"))
+    if as_user:
+        shutil.chown(folder, "postgres", "postgres")
+    port = find_free_port()
+    data = folder / "data"
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        log = folder / "log"
+        detail = (exc.stderr or b"").decode(errors="replace")[-2000:]
+        detail += log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.fail(f"cannot start a PostgreSQL server with {bin_dir}: {exc}\n{detail}")
+    try:
+        yield PostgresServer(port)
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def tracking_server(
+    backend_store_uri: str, artifacts: Path, log_path: Path, timeout: float = 180,
+) -> Iterator[str]:
+    """Run `mlflow server` (serving artifacts from `artifacts`) on loopback; yield its URL."""
+    import requests
+
+    port = find_free_port()
+    env = {**os.environ}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    command = ["mlflow", "server", "--backend-store-uri", backend_store_uri,
+               "--artifacts-destination", str(artifacts), "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited ({proc.returncode}):\n{tail(log_path)}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not up after {timeout} s:\n{tail(log_path)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process_group(proc)

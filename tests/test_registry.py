@@ -7,14 +7,8 @@ learning rate too small to learn anything, on the same synthetic data.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -22,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from helpers import postgres_server
 from leukoml import names
 from leukoml.config import TrainConfig
 from leukoml.data import SYNTHETIC_CLASSES, prepare_dataset, render_cell
@@ -262,35 +257,8 @@ def _hold(lock, got: list) -> None:
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throw-away PostgreSQL server on loopback (skipped without the binaries)."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found")
-    folder = Path(tempfile.mkdtemp(prefix="leukoml-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser")
-        shutil.chown(folder, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    data = folder / "data"
-    try:
-        subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
-                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
-                       check=True, capture_output=True, timeout=120)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.skip(f"cannot start a PostgreSQL server: {exc}")
-    try:
-        yield f"postgresql://postgres:secret@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
+    with postgres_server() as server:
+        yield server.url()
 
 
 @pytest.mark.postgres

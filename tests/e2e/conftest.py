@@ -8,8 +8,6 @@ which must not outlive the test); `free_port` finds a port for it.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,20 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import find_free_port, stop_process_group, tail
+
 SERVE_START_TIMEOUT = 240  # seconds: TensorFlow import and model load on a busy 2-core box
-
-
-def find_free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @contextmanager
@@ -60,18 +47,18 @@ def serve_model(
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{_tail(log_path)}")
+                pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{tail(log_path)}")
             try:
                 if requests.get(f"{url}/ping", timeout=2).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve not up after {timeout} s:\n{_tail(log_path)}")
+                pytest.fail(f"mlflow models serve not up after {timeout} s:\n{tail(log_path)}")
             time.sleep(0.5)
         yield url
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 @pytest.fixture
@@ -85,26 +72,3 @@ def model_server():
     """`serve_model`: `with model_server(uri, log_path, env={...}) as url: ...`."""
     return serve_model
 
-
-def _group_alive(proc: subprocess.Popen) -> bool:
-    proc.poll()  # reap the leader if it exited, so a zombie does not count
-    try:
-        os.killpg(proc.pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def _stop(proc: subprocess.Popen, grace: float = 15) -> None:
-    """SIGTERM the server's process group; SIGKILL whatever is left after `grace` s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _group_alive(proc):
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while _group_alive(proc) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    proc.wait(5)
