@@ -1,0 +1,290 @@
+"""Scale-out for real: several `mlflow run . -e search` workers on one study, through a
+throw-away PostgreSQL and one `mlflow server` (PostgreSQL backend store, served
+artifacts), all on loopback, as docker/docker-compose.yml runs them.
+
+Skipped without the PostgreSQL binaries (.ci/run installs them). Short heartbeats
+(LEUKOML_HEARTBEAT_SECONDS / LEUKOML_GRACE_SECONDS) let a killed worker's trial go
+stale in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from helpers import REPO, postgres_server, stop_process_group, tail, tracking_server
+from leukoml import names
+from leukoml.search import (
+    PARENT_RUN_ATTR,
+    RUN_ID_ATTR,
+    SURPLUS_ATTR,
+    budget_used,
+    rdb_url,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+DATA = "synthetic:per_class=40,size=32"
+HEARTBEAT = {"LEUKOML_HEARTBEAT_SECONDS": "2", "LEUKOML_GRACE_SECONDS": "8"}
+WORKERS_TIMEOUT = 420  # seconds for a whole study on a busy 2-core box
+RUNNING, FAIL, COMPLETE = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL,
+                           optuna.trial.TrialState.COMPLETE)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """`mlflow server` on a PostgreSQL backend store; yields (URL, artifacts folder)."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    backend = rdb_url(postgres.create_database("mlflow"))  # MLflow needs the driver named
+    with tracking_server(backend, folder / "artifacts", folder / "server.log") as url:
+        yield url, folder / "artifacts"
+
+
+def search_space(path: Path, n_trials: int) -> str:
+    """One small backbone at 32 px, 2 epochs, random learning rates."""
+    path.write_text(yaml.safe_dump({
+        "objective": {"metric": "val_macro_f1", "direction": "maximize"},
+        "tiers": {"low": ["Asghar2022CNN"]},
+        "image_size": 32, "max_image_size": 32, "weights": "none", "augment": False,
+        "max_epochs": 2, "learning_rate": {"low": 3e-3, "high": 1e-2, "log": True},
+        "batch_size": [32], "patience": 2,
+        "sampler": {"name": "random", "seed": 5}, "pruner": {"name": "none"},
+        "n_trials": n_trials,
+    }))
+    return str(path)
+
+
+def start_worker(tracking_uri: str, experiment: str, log_path: Path, **params) -> subprocess.Popen:
+    """`mlflow run . -e search` in its own process group, output to `log_path`."""
+    args = ["mlflow", "run", ".", "-e", "search", "--env-manager", "local",
+            "--experiment-name", experiment]
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
+    env.update(HEARTBEAT, MLFLOW_TRACKING_URI=tracking_uri)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    with open(log_path, "w") as log:
+        return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_for(workers: dict[Path, subprocess.Popen], timeout: float = WORKERS_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in workers.values()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"workers still running after {timeout} s:\n" + logs(workers))
+        time.sleep(1)
+
+
+def logs(workers: dict[Path, subprocess.Popen]) -> str:
+    return "\n".join(f"--- {path.name} (exit {p.returncode}):\n{tail(path, 25)}"
+                     for path, p in workers.items())
+
+
+def trial_runs(client: MlflowClient, experiment: str, parent: str) -> dict[int, list]:
+    """Trial number -> the trial runs nested under `parent`."""
+    runs = client.search_runs(
+        [experiment], f"tags.`{names.TAG_PARENT_RUN}` = '{parent}' "
+                      f"and tags.`{names.TAG_ROLE}` = 'trial'")
+    by_number: dict[int, list] = {}
+    for run in runs:
+        by_number.setdefault(int(run.data.tags[names.TAG_OPTUNA_TRIAL]), []).append(run)
+    return by_number
+
+
+def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials other than a surplus one (created past the budget, never run)."""
+    return [t for t in study.trials if not t.user_attrs.get(SURPLUS_ATTR)]
+
+
+def check_promoted_once(client: MlflowClient, study: optuna.Study, model: str) -> None:
+    best_run = study.best_trial.user_attrs[RUN_ID_ATTR]
+    assert client.get_model_version_by_alias(model, "champion").run_id == best_run
+    assert len(client.search_model_versions(f"name='{model}'")) == 1
+
+
+_ELECTION = """
+import json, sys, time
+from leukoml.config import load_search_space
+import leukoml.registry  # imported before the start line, as open_storage needs it
+from leukoml.search import _open_study, fill_queue, open_storage
+url, space, start, me = sys.argv[1:5]
+while time.time() < float(start):
+    time.sleep(0.005)
+storage = open_storage(url)
+study, parent = _open_study(load_search_space(space), "race", storage, me)
+print(json.dumps({"me": me, "parent": parent, "added": fill_queue(study, 5, url)}))
+"""
+
+
+def test_workers_starting_at_once_elect_one_leader_and_queue_the_budget_once(
+    postgres, tmp_path
+):
+    # A fresh database: creating Optuna's tables races too.
+    url = postgres.create_database("optuna_race")
+    space = search_space(tmp_path / "space.yaml", n_trials=5)
+    start = time.time() + 15  # after every interpreter has imported optuna and mlflow
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
+    procs = [subprocess.Popen([sys.executable, "-c", _ELECTION, url, space, str(start),
+                               f"run-{i}"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    parents = {r["parent"] for r in results}
+    assert len(parents) == 1  # one leader, and everybody nests under its run
+    assert parents <= {r["me"] for r in results}
+    assert sum(r["added"] for r in results) == 5
+    study = optuna.load_study(study_name="race", storage=rdb_url(url))
+    assert [t.state.name for t in study.trials] == ["WAITING"] * 5
+    assert study.user_attrs[PARENT_RUN_ATTR] == parents.pop()
+
+
+def test_workers_share_one_study_under_one_parent_and_promote_once(
+    postgres, mlflow_server, tmp_path
+):
+    tracking_uri, artifacts = mlflow_server
+    n_trials, model = 4, "scale-share"
+    storage = postgres.create_database("optuna_share")
+    client = MlflowClient(tracking_uri)
+    # Created once beforehand: `mlflow run --experiment-name` from workers starting
+    # at once would race to create it (docker-compose.yml has a setup service for this).
+    experiment = client.create_experiment("scale-share")
+    space = search_space(tmp_path / "space.yaml", n_trials)
+    workers = {}
+    try:
+        for i in range(3):
+            log = tmp_path / f"worker{i}.log"
+            workers[log] = start_worker(tracking_uri, "scale-share", log, data=DATA,
+                                        search_space=space, study_name="shared",
+                                        storage=storage, model_name=model)
+        wait_for(workers)
+    finally:
+        for proc in workers.values():
+            stop_process_group(proc)
+    assert all(p.returncode == 0 for p in workers.values()), logs(workers)
+
+    study = optuna.load_study(study_name="shared", storage=rdb_url(storage))
+    trials = counted(study)
+    assert budget_used(study) == n_trials
+    assert [t.state for t in trials] == [COMPLETE] * n_trials, logs(workers)
+    # each worker sampled for itself: no two trials share parameters
+    assert len({t.params["learning_rate"] for t in trials}) == n_trials
+
+    parents = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'study'")
+    assert len(parents) == 1
+    parent = parents[0].info.run_id
+    assert study.user_attrs[PARENT_RUN_ATTR] == parent
+    joined = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'worker'")
+    assert len(joined) == 2 and {r.data.tags[names.TAG_PARENT_RUN] for r in joined} == {parent}
+
+    by_number = trial_runs(client, experiment, parent)
+    assert sorted(by_number) == [t.number for t in trials]
+    for trial in trials:
+        [run] = by_number[trial.number]  # exactly one run per trial, under the one parent
+        assert run.info.run_id == trial.user_attrs[RUN_ID_ATTR]
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["objective"] == pytest.approx(trial.value)
+    ran_on = {runs[0].data.tags["leukoml.worker"] for runs in by_number.values()}
+    assert len(ran_on) >= 2, "the trials did not spread over the workers"
+
+    check_promoted_once(client, study, model)
+    out = "".join(path.read_text() for path in workers)
+    assert out.count(f"{model} version 1: champion") == 1
+    # artifacts went through the server into its artifacts destination
+    assert list(artifacts.rglob("MLmodel"))
+
+
+def test_a_killed_worker_has_its_trial_failed_retried_and_the_study_completes(
+    postgres, mlflow_server, tmp_path
+):
+    tracking_uri, _ = mlflow_server
+    n_trials, model = 2, "scale-kill"  # one trial each: the survivor has none left to start
+    storage = postgres.create_database("optuna_kill")
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("scale-kill")
+    space = search_space(tmp_path / "space.yaml", n_trials)
+    workers = {}
+    try:
+        for i in range(2):
+            log = tmp_path / f"worker{i}.log"
+            workers[log] = start_worker(tracking_uri, "scale-kill", log, data=DATA,
+                                        search_space=space, study_name="killed",
+                                        storage=storage, model_name=model)
+        # Once both workers train a trial (each with its MLflow run), kill the study's
+        # leader, whose run is the parent: the hardest worker to lose. The survivor then
+        # has no queued trial left and must fail the stale trial itself while waiting.
+        deadline = time.monotonic() + WORKERS_TIMEOUT
+        optuna_storage = optuna.storages.RDBStorage(rdb_url(storage))
+        victim = None
+        while victim is None:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in workers.values()):
+                pytest.fail("never saw both workers training:\n" + logs(workers))
+            time.sleep(0.5)
+            try:
+                study = optuna.load_study(study_name="killed", storage=optuna_storage)
+            except KeyError:
+                continue
+            parent = study.user_attrs.get(PARENT_RUN_ATTR)
+            running = {}
+            for trial in study.get_trials(states=(RUNNING,)):
+                run_id = trial.user_attrs.get(RUN_ID_ATTR)
+                if parent and run_id:
+                    running[trial.number] = (trial, client.get_run(run_id).data.tags)
+            if len(running) == 2:
+                [(victim, tags)] = [(t, tags) for t, tags in running.values()
+                                    if tags["leukoml.worker_run"] == parent]
+                pid = int(tags["leukoml.worker"].rsplit("-", 1)[1])  # the trainer
+        group = os.getpgid(pid)
+        [leader] = [p for p in workers.values() if p.pid == group]  # in its mlflow run group
+        os.killpg(group, signal.SIGKILL)
+        leader.wait(30)
+        wait_for(workers)
+    finally:
+        for proc in workers.values():
+            stop_process_group(proc)
+    [(survivor_log, survivor)] = [(log, p) for log, p in workers.items() if p is not leader]
+    assert survivor.returncode == 0, logs(workers)
+    assert f"trial(s) {victim.number} running on other workers: waiting" in survivor_log.read_text()
+
+    study = optuna.load_study(study_name="killed", storage=rdb_url(storage))
+    lost = study.trials[victim.number]
+    assert lost.state == FAIL
+    [retry] = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == COMPLETE and retry.params == lost.params
+    others = [t for t in counted(study) if t.number != victim.number]
+    assert [t.state for t in others] == [COMPLETE] * n_trials  # nothing lost, the budget met
+    assert budget_used(study) == n_trials
+    assert not study.get_trials(states=(RUNNING, optuna.trial.TrialState.WAITING))
+
+    lost_run = client.get_run(lost.user_attrs[RUN_ID_ATTR])
+    assert lost_run.info.status == "KILLED"
+    assert lost_run.data.tags[names.TAG_OPTUNA_STATE] == "FAIL"
+    parent = client.get_run(study.user_attrs[PARENT_RUN_ATTR])
+    assert parent.info.status == "KILLED"  # the dead leader's own run, marked by the survivor
+    assert "worker lost" in parent.data.tags["leukoml.failure"]
+    by_number = trial_runs(client, experiment, parent.info.run_id)
+    assert sorted(by_number) == sorted([victim.number] + [t.number for t in others])
+    for trial in others:  # each completed trial: one finished run, not duplicated
+        [run] = by_number[trial.number]
+        assert run.info.run_id == trial.user_attrs[RUN_ID_ATTR]
+        assert run.info.status == "FINISHED"
+    check_promoted_once(client, study, model)
