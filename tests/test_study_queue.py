@@ -87,6 +87,7 @@ def test_a_trial_past_the_budget_is_failed_unrun_and_does_not_count(tracking_uri
         study.optimize(objective, n_trials=3, catch=(Exception,))  # nothing queued
     [trial] = study.trials  # the worker stopped at once
     assert trial.state == FAIL and trial.user_attrs[SURPLUS_ATTR] and trial.params == {}
+    assert trial.user_attrs["error"].startswith("not run")
     assert budget_used(study) == 0
     assert mlflow.search_runs(filter_string="tags.`leukoml.role` = 'trial'").empty
 

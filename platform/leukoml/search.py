@@ -376,9 +376,11 @@ class _Objective:
             # Between this worker's look at the queue and its ask, another worker
             # popped the last queued trial, so Optuna created a new one: fail it
             # unrun (it does not count, see `budget_used`) and stop.
+            message = "not run: the budget was used up by other workers"
             trial.set_user_attr(SURPLUS_ATTR, True)
+            trial.set_user_attr("error", message)  # what the leaderboard shows
             trial.study.stop()
-            raise _SurplusTrial("budget used up by other workers: not run")
+            raise _SurplusTrial(message)
         config = sample_config(trial, self.space, self.data)
         client = MlflowClient()
         run = client.create_run(
@@ -463,7 +465,7 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if "error" in trial.user_attrs and trial.state.name == "FAIL":
         parts.append(f"error: {trial.user_attrs['error'][:120]}")
     if trial.user_attrs.get(SURPLUS_ATTR):
-        parts = [f"trial {trial.number} not run: the budget was used up by other workers"]
+        parts = [f"trial {trial.number} {trial.user_attrs['error']}"]
     print("  ".join(parts), flush=True)
 
 
