@@ -122,6 +122,8 @@ def storage_lock(url: str | None, name: str, timeout: float | None = None):
     scheme = url.partition("://")[0].split("+")[0] if "://" in url else ""
     if scheme not in ("", "sqlite", "postgres", "postgresql"):
         return nullcontext()
+    if scheme == "sqlite":  # the lock file goes beside the database, not beside ?timeout=30
+        url = url.partition("?")[0]
     return promotion_lock(url, name, LOCK_TIMEOUT if timeout is None else timeout)
 
 
