@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -98,11 +101,19 @@ def entrypoint(dockerfile: Path) -> list[str]:
     return json.loads(lines[-1].removeprefix("ENTRYPOINT"))
 
 
+WORKER_SCRIPT = DOCKER / "worker-entrypoint.sh"
+
+
 def test_the_worker_runs_the_search_entry_point_with_declared_parameters():
     env = env_example()
     worker = SERVICES["worker"]
-    argv = entrypoint(DOCKER / "Dockerfile") + [interpolate(a, env) for a in worker["command"]]
-    assert argv[:7] == ["mlflow", "run", ".", "-e", "search", "--env-manager", "local"]
+    assert entrypoint(DOCKER / "Dockerfile") == ["leukoml-worker"]
+    assert "COPY docker/worker-entrypoint.sh /usr/local/bin/leukoml-worker" in (
+        DOCKER / "Dockerfile").read_text()
+    *run, args = shlex.split(WORKER_SCRIPT.read_text().strip().splitlines()[-1])
+    assert run == ["exec", "mlflow", "run", ".", "-e", "search", "--env-manager", "local"]
+    assert args == "$@"
+    argv = run[1:] + [interpolate(a, env) for a in worker["command"]]
     params = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "-P")
     declared = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["search"]
     assert set(params) <= set(declared["parameters"])
@@ -112,7 +123,10 @@ def test_the_worker_runs_the_search_entry_point_with_declared_parameters():
     assert storage.password is None  # -P values are logged as MLflow run params
     assert (REPO / params["search_space"]).is_file()
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    # all GPUs: the replicas share them out themselves (Compose cannot, per replica)
+    assert [(d["driver"], d["count"], d["capabilities"]) for d in devices] == [
+        ("nvidia", "all", ["gpu"])]
+    assert ("cache", "/cache") in mounts(worker)  # where the GPU locks live
     assert worker["depends_on"]["setup"]["condition"] == "service_completed_successfully"
 
 
@@ -140,3 +154,24 @@ def test_secrets_come_from_the_env_file(name):
             assert VARIABLE.fullmatch(value), f"{name}: {key} is not a ${{VAR}} reference"
     ignored = (REPO / ".gitignore").read_text().splitlines()
     assert "docker/.env" in ignored
+
+
+@pytest.mark.skipif(not shutil.which("flock"), reason="flock (util-linux) not installed")
+def test_workers_of_one_host_take_a_gpu_each(tmp_path):
+    """The worker entry point with stand-ins for nvidia-smi (two GPUs) and mlflow."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: A'\necho 'GPU 1: B'\n")
+    (bin_dir / "mlflow").write_text(
+        '#!/bin/sh\necho "gpu=${CUDA_VISIBLE_DEVICES:-none} args=$*"\nsleep 3\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "LEUKOML_CACHE_DIR": str(tmp_path)}
+    workers = [subprocess.Popen(["sh", str(WORKER_SCRIPT), "-P", f"study_name=s{i}"],
+                                env=env, stdout=subprocess.PIPE, text=True) for i in range(3)]
+    out = sorted(p.communicate(timeout=30)[0].split()[0] for p in workers)
+    assert out == ["gpu=0", "gpu=1", "gpu=none"]  # the third shares them: no GPU left
+    again = subprocess.run(["sh", str(WORKER_SCRIPT), "-P", "x=1"], env=env, text=True,
+                           capture_output=True, timeout=30)
+    assert again.stdout.startswith("gpu=0 args=run . -e search --env-manager local -P x=1")
