@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from leukoml import names  # noqa: E402
 from leukoml.evaluate import normalised  # noqa: E402
-from leukoml.search import RUN_ID_ATTR  # noqa: E402
+from leukoml.search import RUN_ID_ATTR, SURPLUS_ATTR  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,15 @@ TIER_COLOURS = {"low": "#4c9f70", "medium": "#3f7cac", "high": "#c8553d"}
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial, best objective first; pruned and failed trials last."""
+    """One row per trial, best objective first; pruned and failed trials last.
+
+    Trials a worker created past the budget and failed unrun (see
+    `search.SURPLUS_ATTR`) are not trials of the study and are left out.
+    """
     rows = []
     for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(SURPLUS_ATTR):
+            continue
         params = dict(trial.params)
         tier = params.get(names.TIER)
         row = {
