@@ -4,7 +4,8 @@ Starts `mlflow ui` on the given tracking store, opens the experiment with the
 study's parent run expanded, then the run-comparison page of its trials, and
 saves both as PNGs under docs/.
 
-    pip install playwright            # uses Debian's /usr/bin/chromium, no download
+    apt-get install chromium && pip install -e ".[docs]"   # Playwright drives Debian's
+                                                           # /usr/bin/chromium: no download
     python docs/make_ui_screenshot.py --tracking-uri sqlite:///mlflow.db
 """
 

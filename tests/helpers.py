@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -178,35 +179,62 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @contextmanager
-def tracking_server(
-    backend_store_uri: str, artifacts: Path, log_path: Path, timeout: float = 180,
+def server_process(
+    command: list[str], health_path: str, port: int, log_path: Path, timeout: float,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """Run `mlflow server` (serving artifacts from `artifacts`) on loopback; yield its URL."""
+    """Start `command` (a server on 127.0.0.1:`port`) with this venv first on PATH and
+    `env` added; yield its URL once `health_path` answers 200; always stop its whole
+    process group (MLflow's CLIs run uvicorn/gunicorn in children). Output goes to
+    `log_path`, quoted when the server exits or never comes up."""
     import requests
 
-    port = find_free_port()
-    env = {**os.environ}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    command = ["mlflow", "server", "--backend-store-uri", backend_store_uri,
-               "--artifacts-destination", str(artifacts), "--serve-artifacts",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    full_env = {**os.environ, **(env or {})}
+    full_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + full_env.get("PATH", "")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    name = " ".join(command[:3])
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited ({proc.returncode}):\n{tail(log_path)}")
+                pytest.fail(f"{name} exited ({proc.returncode}):\n{tail(log_path)}")
             try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                if requests.get(f"{url}{health_path}", timeout=2).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up after {timeout} s:\n{tail(log_path)}")
+                pytest.fail(f"{name} not up after {timeout} s:\n{tail(log_path)}")
             time.sleep(0.5)
         yield url
     finally:
         stop_process_group(proc)
+
+
+def tracking_server(backend_store_uri: str, artifacts: Path, log_path: Path, timeout: float = 180):
+    """Run `mlflow server` (serving artifacts from `artifacts`) on loopback; yield its URL."""
+    port = find_free_port()
+    command = ["mlflow", "server", "--backend-store-uri", backend_store_uri,
+               "--artifacts-destination", str(artifacts), "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    return server_process(command, "/health", port, log_path, timeout)
+
+
+@contextmanager
+def sqlite_store(folder: Path, experiment_name: str) -> Iterator[SimpleNamespace]:
+    """A SQLite tracking store in `folder`, made the current one (env and mlflow), with an
+    experiment whose artifacts stay in `folder`; yields (uri, experiment, folder)."""
+    import mlflow
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            experiment = make_experiment(uri, experiment_name, folder)
+            yield SimpleNamespace(uri=uri, experiment=experiment, folder=folder)
+        finally:
+            mlflow.set_tracking_uri(None)

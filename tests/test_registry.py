@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from types import SimpleNamespace
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from helpers import postgres_server
+from helpers import postgres_server, sqlite_store
 from leukoml import names
 from leukoml.config import TrainConfig
 from leukoml.data import SYNTHETIC_CLASSES, prepare_dataset, render_cell
@@ -39,14 +38,8 @@ from leukoml.serving import serving_model_uri
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A SQLite store and an experiment with its artifacts in tmp, for this module."""
-    folder = tmp_path_factory.mktemp("registry-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.create_experiment("registry", (folder / "artifacts").as_uri())
-        yield SimpleNamespace(uri=uri, experiment=experiment, folder=folder)
-        mlflow.set_tracking_uri(None)
+    with sqlite_store(tmp_path_factory.mktemp("registry-store"), "registry") as store:
+        yield store
 
 
 def train(store, **overrides) -> str:

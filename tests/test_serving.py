@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from helpers import sqlite_store
 from leukoml import names
 from leukoml.config import TrainConfig
 from leukoml.data import SYNTHETIC_CLASSES, decode_image, prepare_dataset, render_cell
@@ -35,14 +36,8 @@ PROBS = [f"prob_{c}" for c in SYNTHETIC_CLASSES]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A SQLite store and an experiment with its artifacts in tmp, for this module."""
-    folder = tmp_path_factory.mktemp("serving-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.create_experiment("serving", (folder / "artifacts").as_uri())
-        yield SimpleNamespace(uri=uri, experiment=experiment)
-        mlflow.set_tracking_uri(None)
+    with sqlite_store(tmp_path_factory.mktemp("serving-store"), "serving") as store:
+        yield store
 
 
 @pytest.fixture(scope="module")

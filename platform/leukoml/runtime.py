@@ -10,6 +10,17 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 
+class _DropRetracingWarnings(logging.Filter):
+    """A study builds a new model per trial, so each trial's `predict` is a new
+    tf.function and TensorFlow warns of "retracing" that is expected and harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_DropRetracingWarnings())
+
+
 def configure_devices(mixed_precision: bool = False) -> str:
     """Turn on GPU memory growth (so workers can share a card); return a device label.
 

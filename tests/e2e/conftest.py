@@ -7,17 +7,13 @@ which must not outlive the test); `free_port` finds a port for it.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from helpers import find_free_port, stop_process_group, tail
+from helpers import find_free_port, server_process
 
 SERVE_START_TIMEOUT = 240  # seconds: TensorFlow import and model load on a busy 2-core box
 
@@ -32,33 +28,11 @@ def serve_model(
     `env` is added to this process's environment (set MLFLOW_TRACKING_URI for
     `models:/` URIs). The server's output goes to `log_path`, quoted on failure.
     """
-    import requests
-
     port = port or find_free_port()
-    full_env = {**os.environ, **(env or {})}
-    full_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + full_env.get("PATH", "")
     command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
                "-p", str(port), "--host", "127.0.0.1"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{tail(log_path)}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve not up after {timeout} s:\n{tail(log_path)}")
-            time.sleep(0.5)
+    with server_process(command, "/ping", port, log_path, timeout, env) as url:
         yield url
-    finally:
-        stop_process_group(proc)
 
 
 @pytest.fixture

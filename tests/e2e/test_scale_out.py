@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -70,8 +72,12 @@ def search_space(path: Path, n_trials: int) -> str:
     return str(path)
 
 
-def start_worker(tracking_uri: str, experiment: str, log_path: Path, **params) -> subprocess.Popen:
-    """`mlflow run . -e search` in its own process group, output to `log_path`."""
+@contextmanager
+def running_workers(
+    count: int, tracking_uri: str, experiment: str, folder: Path, **params
+) -> Iterator[dict[Path, subprocess.Popen]]:
+    """`count` processes of `mlflow run . -e search`, each in its own process group with
+    its output in `folder/worker<i>.log`, yielded by log path; all stopped on exit."""
     args = ["mlflow", "run", ".", "-e", "search", "--env-manager", "local",
             "--experiment-name", experiment]
     for key, value in params.items():
@@ -79,9 +85,18 @@ def start_worker(tracking_uri: str, experiment: str, log_path: Path, **params) -
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
     env.update(HEARTBEAT, MLFLOW_TRACKING_URI=tracking_uri)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    with open(log_path, "w") as log:
-        return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    workers = {}
+    for i in range(count):
+        log_path = folder / f"worker{i}.log"
+        with open(log_path, "w") as log:
+            workers[log_path] = subprocess.Popen(
+                args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+    try:
+        yield workers
+    finally:
+        for proc in workers.values():
+            stop_process_group(proc)
 
 
 def wait_for(workers: dict[Path, subprocess.Popen], timeout: float = WORKERS_TIMEOUT) -> None:
@@ -169,17 +184,10 @@ def test_workers_share_one_study_under_one_parent_and_promote_once(
     # at once would race to create it (docker-compose.yml has a setup service for this).
     experiment = client.create_experiment("scale-share")
     space = search_space(tmp_path / "space.yaml", n_trials)
-    workers = {}
-    try:
-        for i in range(3):
-            log = tmp_path / f"worker{i}.log"
-            workers[log] = start_worker(tracking_uri, "scale-share", log, data=DATA,
-                                        search_space=space, study_name="shared",
-                                        storage=storage, model_name=model)
+    with running_workers(3, tracking_uri, "scale-share", tmp_path, data=DATA,
+                         search_space=space, study_name="shared",
+                         storage=storage, model_name=model) as workers:
         wait_for(workers)
-    finally:
-        for proc in workers.values():
-            stop_process_group(proc)
     assert all(p.returncode == 0 for p in workers.values()), logs(workers)
 
     study = optuna.load_study(study_name="shared", storage=rdb_url(storage))
@@ -222,13 +230,9 @@ def test_a_killed_worker_has_its_trial_failed_retried_and_the_study_completes(
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("scale-kill")
     space = search_space(tmp_path / "space.yaml", n_trials)
-    workers = {}
-    try:
-        for i in range(2):
-            log = tmp_path / f"worker{i}.log"
-            workers[log] = start_worker(tracking_uri, "scale-kill", log, data=DATA,
-                                        search_space=space, study_name="killed",
-                                        storage=storage, model_name=model)
+    with running_workers(2, tracking_uri, "scale-kill", tmp_path, data=DATA,
+                         search_space=space, study_name="killed",
+                         storage=storage, model_name=model) as workers:
         # Once both workers train a trial (each with its MLflow run), kill the study's
         # leader, whose run is the parent: the hardest worker to lose. The survivor then
         # has no queued trial left and must fail the stale trial itself while waiting.
@@ -258,9 +262,6 @@ def test_a_killed_worker_has_its_trial_failed_retried_and_the_study_completes(
         os.killpg(group, signal.SIGKILL)
         leader.wait(30)
         wait_for(workers)
-    finally:
-        for proc in workers.values():
-            stop_process_group(proc)
     [(survivor_log, survivor)] = [(log, p) for log, p in workers.items() if p is not leader]
     assert survivor.returncode == 0, logs(workers)
     assert f"trial(s) {victim.number} running on other workers: waiting" in survivor_log.read_text()

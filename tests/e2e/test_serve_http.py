@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from helpers import REPO, run_cli
+from helpers import REPO, run_cli, sqlite_store
 from leukoml.config import TrainConfig
 from leukoml.data import SYNTHETIC_CLASSES, prepare_dataset, render_cell
 
@@ -31,24 +31,18 @@ def champion(tmp_path_factory):
     """A tiny trained run, promoted to champion through the MLproject entry point."""
     from leukoml.training import train_and_log
 
-    folder = tmp_path_factory.mktemp("serve-http")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.create_experiment("serve-http", (folder / "artifacts").as_uri())
+    with sqlite_store(tmp_path_factory.mktemp("serve-http"), "serve-http") as store:
         config = TrainConfig(image_size=32, max_epochs=2, augment=False)
         data = prepare_dataset(config.data, config.image_size, seed=config.seed)
-        with mlflow.start_run(experiment_id=experiment) as run:
+        with mlflow.start_run(experiment_id=store.experiment) as run:
             train_and_log(config, data)
         proc = run_cli(["mlflow", "run", str(REPO), "-e", "promote", "--env-manager", "local",
-                        "--experiment-id", experiment, "-P", f"run_id={run.info.run_id}",
-                        "-P", f"model_name={MODEL}"], env={"MLFLOW_TRACKING_URI": uri})
+                        "--experiment-id", store.experiment, "-P", f"run_id={run.info.run_id}",
+                        "-P", f"model_name={MODEL}"], env={"MLFLOW_TRACKING_URI": store.uri})
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert f"{MODEL} version 1 (run {run.info.run_id}) is the champion" in proc.stdout
-        yield SimpleNamespace(uri=uri, folder=folder, data=data,
+        yield SimpleNamespace(uri=store.uri, folder=store.folder, data=data,
                               pyfunc=mlflow.pyfunc.load_model(f"models:/{MODEL}@champion"))
-        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")
