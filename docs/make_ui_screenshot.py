@@ -2,7 +2,8 @@
 
 Starts `mlflow ui` on the given tracking store, opens the experiment with the
 study's parent run expanded, then the run-comparison page of its trials, and
-saves both as PNGs under docs/.
+chooses the parallel-coordinates axes (sampled params against the objective),
+and saves both as PNGs under docs/.
 
     apt-get install chromium && pip install -e ".[docs]"   # Playwright drives Debian's
                                                            # /usr/bin/chromium: no download
@@ -69,6 +70,29 @@ def choose_columns(page) -> None:
     page.wait_for_timeout(1500)
 
 
+def choose_axes(page) -> None:
+    """Parallel coordinates of the sampled params against the objective (MLflow's
+    default picks the first few params and metrics alphabetically)."""
+    page.get_by_role("button", name="Clear All").click()
+    page.wait_for_timeout(1000)
+    for box, labels in ((0, ["backbone", "learning_rate", "batch_size"]), (1, ["objective"])):
+        page.locator(".du-bois-light-select-selector").nth(box).click()
+        page.wait_for_timeout(800)
+        for label in labels:
+            option = page.locator(f".du-bois-light-select-item-option[title='{label}']")
+            options_list = page.locator(".rc-virtual-list-holder:visible")
+            for _ in range(60):  # the list is virtual: scroll until the option is rendered
+                if option.count():
+                    break
+                options_list.evaluate("e => e.scrollTop += 120")
+                page.wait_for_timeout(150)
+            option.last.click()
+            page.wait_for_timeout(500)
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(800)
+    page.wait_for_timeout(2000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", required=True)
@@ -106,6 +130,7 @@ def main() -> None:
             page.goto(f"{base}/#/compare-runs?runs={runs}&experiments=[\"{experiment}\"]")
             page.wait_for_timeout(8000)
             close_assistant(page)
+            choose_axes(page)
             page.screenshot(path=str(DOCS / "mlflow_ui_compare.png"))
             browser.close()
     finally:
