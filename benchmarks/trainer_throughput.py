@@ -30,6 +30,7 @@ import mlflow
 import numpy as np
 
 from _common import machine, write_result
+from _study import scratch_stores
 from leukoml import names
 from leukoml.backbones.classifier import build_classifier, preprocess_fn
 from leukoml.config import TrainConfig
@@ -106,7 +107,7 @@ def main() -> None:
 
     cache = Path(tempfile.mkdtemp(prefix="leukoml-bench-cache-"))
     os.environ["LEUKOML_CACHE_DIR"] = str(cache)
-    tracking = f"sqlite:///{cache / 'mlflow.db'}"
+    tracking, _ = scratch_stores("throughput")  # runs and artifacts in a temporary folder
     cold = prepare_dataset(args.data, args.image_size)  # renders/decodes: the first-trial cost
     warm = prepare_dataset(args.data, args.image_size)
     rows = []
@@ -122,14 +123,14 @@ def main() -> None:
     result = {
         "machine": machine(), "data": args.data, "image_size": args.image_size,
         "batch_size": args.batch_size, "epochs": args.epochs,
-        "n_train": len(warm.splits["train"]),
+        "n_train": len(warm.splits["train"]), "n_images": len(warm.labels),
         "decode_cache_build_s": round(cold.decoded.seconds, 2),
         "decode_cache_reuse_s": round(warm.decoded.seconds, 3),
         "rows": rows,
     }
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores")
     print(f"decode cache: built in {result['decode_cache_build_s']} s, "
-          f"reused in {result['decode_cache_reuse_s']} s ({result['n_train']} training images)")
+          f"reused in {result['decode_cache_reuse_s']} s ({result['n_images']} images)")
     print(f"{'backbone':<18} {'trial img/s':>11} {'bare img/s':>10} {'ratio':>6} "
           f"{'trial 1st step s':>16} {'bare 1st step s':>15}")
     for r in rows:
