@@ -31,3 +31,14 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str))
     return path
+
+
+def print_table(rows: list[dict], columns: list[tuple]) -> None:
+    """Print `rows` aligned under `columns`: (header, key) or (header, key, format spec)."""
+    headers = [column[0] for column in columns]
+    cells = [[format(row[column[1]], column[2] if len(column) > 2 else "") for column in columns]
+             for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    for values in (headers, *cells):  # the first column is a label: left-aligned
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                        for i, (v, w) in enumerate(zip(values, widths))))

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from pathlib import Path
 
 import keras
 import mlflow
 
-from _common import machine, write_result
+from _common import machine, print_table, write_result
 from _study import run_study, scratch_stores
 from leukoml import names
 from leukoml.config import TrainConfig
@@ -29,6 +30,7 @@ from leukoml.training import train_and_log
 
 KAGGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle-blood-cells"
 AUTHOR_ACCURACY = 0.8705
+RUN_STATES = ("COMPLETE", "PRUNED", "FAIL")
 BACKBONES = ["Asghar2022CNN", "MobileNetV3Small", "MobileNetV3Large", "MobileNetV2", "MobileNet",
              "EfficientNetB0"]
 
@@ -67,9 +69,13 @@ def main() -> None:
     }
     study, seconds = run_study(space, args.data, "kaggle-accuracy", storage)
     best = study.best_trial
-    searched = {"seconds": round(seconds), "trials": len(study.trials),
+    states = Counter(t.state.name for t in study.trials)  # WAITING: queued, never run
+    searched = {"seconds": round(seconds), "trials": sum(states[s] for s in RUN_STATES),
+                "trial_states": dict(states), "epochs": sum(len(t.intermediate_values)
+                                                            for t in study.trials),
                 "best_trial": best.number, "backbone": best.user_attrs[names.BACKBONE],
-                "params": best.params, "val_macro_f1": round(best.value, 4),
+                "params": best.params, "best_epochs": int(best.user_attrs[names.EPOCHS_RUN]),
+                "val_macro_f1": round(best.value, 4),
                 **{k: round(best.user_attrs[k], 4) for k in names.TEST_SUMMARY}}
 
     frozen_config = TrainConfig(data=args.data, image_size=args.image_size, max_epochs=1000,
@@ -90,13 +96,12 @@ def main() -> None:
     write_result("kaggle_accuracy", out)
     print(f"{info['cpu']}, {info['cores']} cores; official split ({data.split_sizes()}), "
           f"{args.image_size} px, {args.minutes:.0f} min each")
-    print(f"{'':<28} {'test acc':>8} {'bal acc':>8} {'macro-F1':>8}")
-    for label, row in ((f"search ({searched['trials']} trials, best "
-                        f"{searched['backbone']})", searched),
-                       (f"frozen defaults ({frozen['backbone']})", frozen)):
-        print(f"{label:<28} {row[names.TEST_ACCURACY]:>8} {row[names.TEST_BALANCED_ACCURACY]:>8} "
-              f"{row[names.TEST_MACRO_F1]:>8}")
-    print(f"{'data set author':<28} {AUTHOR_ACCURACY:>8}")
+    author = {"what": "data set author", names.TEST_ACCURACY: AUTHOR_ACCURACY,
+              names.TEST_BALANCED_ACCURACY: "", names.TEST_MACRO_F1: ""}
+    print_table([{"what": f"search ({searched['trials']} trials, best {searched['backbone']})",
+                  **searched}, {"what": f"frozen defaults ({frozen['backbone']})", **frozen}, author],
+                [("", "what"), ("test acc", names.TEST_ACCURACY),
+                 ("bal acc", names.TEST_BALANCED_ACCURACY), ("macro-F1", names.TEST_MACRO_F1)])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import mlflow
 
-from _common import machine, write_result
+from _common import machine, print_table, write_result
 from _study import scratch_stores
 from leukoml import names
 from leukoml.config import TrainConfig
@@ -83,11 +83,10 @@ def main() -> None:
                                   "recipe": vars(args), "rows": rows})
     print(f"{info['cpu']}, {info['cores']} cores; Asghar2022CNN, 100 px, Adam "
           f"lr {args.learning_rate}, up to {args.max_epochs} epochs, best weights by val loss")
-    print(f"{'split':<40} {'test acc':>8} {'macro-F1':>8} {'epochs':>6}")
-    for r in rows:
-        print(f"{r['split']:<40} {r[names.TEST_ACCURACY]:>8} {r[names.TEST_MACRO_F1]:>8} "
-              f"{r['epochs']:>6}")
-    print(f"{'paper (random split)':<40} {PAPER_ACCURACY:>8}")
+    paper = {"split": "paper (random split)", names.TEST_ACCURACY: PAPER_ACCURACY,
+             names.TEST_MACRO_F1: "", "epochs": 150}
+    print_table([*rows, paper], [("split", "split"), ("test acc", names.TEST_ACCURACY),
+                                 ("macro-F1", names.TEST_MACRO_F1), ("epochs", "epochs")])
 
 
 if __name__ == "__main__":

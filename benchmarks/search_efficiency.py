@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from _common import machine, write_result
+from _common import machine, print_table, write_result
 from _study import run_study, scratch_stores
 
 PRUNERS = {
@@ -63,11 +63,9 @@ def main() -> None:
     write_result("search_efficiency", result)
     print(f"{info['cpu']}, {info['cores']} cores; {args.n_trials} trials, up to "
           f"{args.max_epochs} epochs, {args.data} at {args.image_size} px")
-    print(f"{'pruner':<10} {'epochs':>6} {'x fewer':>7} {'wall s':>7} {'best val_macro_f1':>17} "
-          f"{'pruned':>6}")
-    for r in rows:
-        print(f"{r['pruner']:<10} {r['epochs']:>6} {r['epochs_saved_factor']:>7} "
-              f"{r['wall_seconds']:>7} {r['best_objective']:>17} {r['pruned']:>6}")
+    print_table(rows, [("pruner", "pruner"), ("epochs", "epochs"), ("x fewer", "epochs_saved_factor"),
+                       ("wall s", "wall_seconds"), ("best val_macro_f1", "best_objective"),
+                       ("pruned", "pruned")])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import requests
-from _common import machine, write_result
+from _common import machine, print_table, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "platform"))
@@ -167,10 +167,9 @@ def main() -> None:
     print(f"\n{info['cpu']}, {info['cores']} cores, load average "
           f"{info['load_average_1m_at_start']:.1f} -> {os.getloadavg()[0]:.1f}; "
           f"{model.backbone} at {model.image_size} px, sequential requests\n")
-    print(f"{'where':<28} {'imgs/req':>8} {'req/s':>8} {'imgs/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
-    for r in rows:
-        print(f"{r['where']:<28} {r['images_per_request']:>8} {r['requests_per_s']:>8.1f} "
-              f"{r['images_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f}")
+    print_table(rows, [("where", "where"), ("imgs/req", "images_per_request"),
+                       ("req/s", "requests_per_s", ".1f"), ("imgs/s", "images_per_s", ".1f"),
+                       ("p50 ms", "p50_ms", ".1f"), ("p95 ms", "p95_ms", ".1f")])
     print(f"\nwritten to {path.relative_to(REPO)}")
 
 

@@ -29,7 +29,7 @@ import keras
 import mlflow
 import numpy as np
 
-from _common import machine, write_result
+from _common import machine, print_table, write_result
 from _study import scratch_stores
 from leukoml import names
 from leukoml.backbones.classifier import build_classifier, preprocess_fn
@@ -131,11 +131,10 @@ def main() -> None:
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores")
     print(f"decode cache: built in {result['decode_cache_build_s']} s, "
           f"reused in {result['decode_cache_reuse_s']} s ({result['n_images']} images)")
-    print(f"{'backbone':<18} {'trial img/s':>11} {'bare img/s':>10} {'ratio':>6} "
-          f"{'trial 1st step s':>16} {'bare 1st step s':>15}")
-    for r in rows:
-        print(f"{r['backbone']:<18} {r['trial_images_per_s']:>11} {r['bare_fit_images_per_s']:>10}"
-              f" {r['ratio']:>6} {r['trial_first_step_s']:>16} {r['bare_first_step_s']:>15}")
+    print_table(rows, [("backbone", "backbone"), ("trial img/s", "trial_images_per_s"),
+                       ("bare img/s", "bare_fit_images_per_s"), ("ratio", "ratio"),
+                       ("trial 1st step s", "trial_first_step_s"),
+                       ("bare 1st step s", "bare_first_step_s")])
     write_result("trainer_throughput", result)
     shutil.rmtree(cache, ignore_errors=True)
 
