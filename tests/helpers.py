@@ -204,7 +204,7 @@ def server_process(
             try:
                 if requests.get(f"{url}{health_path}", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening, or still booting
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"{name} not up after {timeout} s:\n{tail(log_path)}")
