@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+KAGGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle-blood-cells"
 
 
 def machine() -> dict[str, object]:
@@ -34,10 +35,12 @@ def write_result(name: str, result: dict) -> Path:
 
 
 def print_table(rows: list[dict], columns: list[tuple]) -> None:
-    """Print `rows` aligned under `columns`: (header, key) or (header, key, format spec)."""
+    """Print `rows` aligned under `columns`: (header, key) or (header, key, format spec).
+
+    A row without a column's key gets a blank cell (a reference figure, say)."""
     headers = [column[0] for column in columns]
-    cells = [[format(row[column[1]], column[2] if len(column) > 2 else "") for column in columns]
-             for row in rows]
+    cells = [[format(row[column[1]], column[2] if len(column) > 2 else "")
+              if column[1] in row else "" for column in columns] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     for values in (headers, *cells):  # the first column is a label: left-aligned
         print("  ".join(v.ljust(w) if i == 0 else v.rjust(w)

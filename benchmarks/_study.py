@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -28,3 +29,12 @@ def run_study(space: dict, data: str, name: str, storage: str, **budget):
     with mlflow.start_run(run_name=name):
         outcome = run_search(parse_search_space(space), data, name, storage=storage, **budget)
     return outcome.study, time.perf_counter() - started
+
+
+def spent(study) -> tuple[int, Counter]:
+    """Epochs trained (a pruned trial counts those it ran) and trials by state name.
+
+    Queued trials a timeout left unrun are WAITING: they are not trials run.
+    """
+    return (sum(len(t.intermediate_values) for t in study.trials),
+            Counter(t.state.name for t in study.trials))

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import mlflow
 
-from _common import machine, print_table, write_result
+from _common import KAGGLE, machine, print_table, write_result
 from _study import scratch_stores
 from leukoml import names
 from leukoml.config import TrainConfig
 from leukoml.data import prepare_dataset
 from leukoml.training import train_and_log
 
-KAGGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle-blood-cells"
 KAGGLE_GROUPS = r"^_(\d+)_"
 
 
@@ -47,7 +45,8 @@ def main() -> None:
         config = TrainConfig(data=args.data, backbone=args.backbone, image_size=args.image_size,
                              learning_rate=args.learning_rate, max_epochs=args.max_epochs,
                              patience=args.patience, monitor="val_macro_f1", group_by=group_by)
-        data = prepare_dataset(args.data, args.image_size, seed=config.seed, group_by=group_by or None)
+        data = prepare_dataset(config.data, config.image_size, seed=config.seed,
+                               group_by=config.group_by or None)
         started = time.perf_counter()
         with mlflow.start_run(run_name=f"val {label}"):
             result = train_and_log(config, data, log_model=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from _common import machine, print_table, write_result
-from _study import run_study, scratch_stores
+from _study import run_study, scratch_stores, spent
 
 PRUNERS = {
     "none": {"name": "none"},
@@ -48,13 +48,12 @@ def main() -> None:
         _, storage = scratch_stores(f"efficiency-{name}")
         study, seconds = run_study(space(pruner, args.n_trials, args.max_epochs, args.image_size),
                                    args.data, f"efficiency-{name}", storage)
-        epochs = sum(len(t.intermediate_values) for t in study.trials)
-        states = [t.state.name for t in study.trials]
+        epochs, states = spent(study)
         rows.append({"pruner": name, "epochs": epochs, "wall_seconds": round(seconds, 1),
                      "best_objective": round(study.best_value, 4),
                      "best_trial": study.best_trial.number,
-                     "pruned": states.count("PRUNED"), "complete": states.count("COMPLETE"),
-                     "failed": states.count("FAIL")})
+                     "pruned": states["PRUNED"], "complete": states["COMPLETE"],
+                     "failed": states["FAIL"]})
     base = rows[0]
     for row in rows:
         row["epochs_saved_factor"] = round(base["epochs"] / max(row["epochs"], 1), 2)
