@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import write_image
+
 from leukoml.data import (
     SYNTHETIC_CLASSES,
+    DataSpec,
     parse_synthetic,
     prepare_dataset,
     render_cell,
@@ -19,9 +20,9 @@ from leukoml.errors import LeukomlError
 
 def test_random_split_is_stratified_70_20_10_and_reproducible(make_dataset_folder):
     root = make_dataset_folder({"a": 40, "b": 20, "c": 10})
-    first = prepare_dataset(str(root), 32, seed=3)
-    again = prepare_dataset(str(root), 32, seed=3)
-    other = prepare_dataset(str(root), 32, seed=4)
+    first = prepare_dataset(DataSpec(str(root), 32, seed=3))
+    again = prepare_dataset(DataSpec(str(root), 32, seed=3))
+    other = prepare_dataset(DataSpec(str(root), 32, seed=4))
     assert first.split_sizes() == {"train": 49, "val": 14, "test": 7}
     for name in ("train", "val", "test"):
         assert np.array_equal(first.splits[name], again.splits[name])
@@ -38,7 +39,7 @@ def test_split_folders_are_case_insensitive_and_others_ignored(make_dataset_fold
     root = make_dataset_folder({"EOS": 12, "LYM": 12}, split="TRAIN")
     make_dataset_folder({"EOS": 4, "LYM": 4}, split="TEST", root=root)
     make_dataset_folder({"EOS": 3, "LYM": 3}, split="TEST_SIMPLE", root=root)
-    data = prepare_dataset(str(root), 32)
+    data = prepare_dataset(DataSpec(str(root), 32))
     assert data.class_names == ["EOS", "LYM"]
     assert data.split_sizes()["test"] == 8  # TEST only, not TEST_SIMPLE
     assert "val carved from train" in data.split_source
@@ -57,7 +58,7 @@ def test_split_folders_without_train_are_refused(make_dataset_folder):
 def test_fewer_than_two_classes_is_refused_naming_the_folder(make_dataset_folder):
     root = make_dataset_folder({"only": 5})
     with pytest.raises(LeukomlError, match=f"{root}.*at least 2 class"):
-        prepare_dataset(str(root), 32)
+        prepare_dataset(DataSpec(str(root), 32))
 
 
 def test_bad_files_are_skipped_and_listed(make_dataset_folder):
@@ -67,7 +68,7 @@ def test_bad_files_are_skipped_and_listed(make_dataset_folder):
     (root / "b" / "readme.txt").write_text("hello")
     good = write_image(root / "b" / "cut.jpg", size=(64, 64), quality=95)
     good.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # truncated JPEG
-    data = prepare_dataset(str(root), 32)
+    data = prepare_dataset(DataSpec(str(root), 32))
     reasons = dict(data.skipped)
     assert set(reasons) == {"a/empty.jpg", "a/notes.jpg", "b/readme.txt", "b/cut.jpg"}
     assert "empty" in reasons["a/empty.jpg"]
@@ -82,34 +83,34 @@ def test_a_class_left_empty_after_skipping_stops_naming_the_folder(make_dataset_
     (root / "b").mkdir()
     (root / "b" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(LeukomlError, match=f"{root / 'b'}.*no readable image"):
-        prepare_dataset(str(root), 32)
+        prepare_dataset(DataSpec(str(root), 32))
 
 
 def test_the_second_run_reuses_the_cache_and_decodes_nothing(make_dataset_folder, monkeypatch):
     import leukoml.data._cache as cache
 
     root = make_dataset_folder({"a": 6, "b": 6})
-    first = prepare_dataset(str(root), 24)
+    first = prepare_dataset(DataSpec(str(root), 24))
     assert not first.decoded.cache_hit
 
     def no_decoding(*_):
         raise AssertionError("an image was decoded again")
 
     monkeypatch.setattr(cache, "_decode_one", no_decoding)
-    second = prepare_dataset(str(root), 24)
+    second = prepare_dataset(DataSpec(str(root), 24))
     assert second.decoded.cache_hit
     assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
     # a changed file changes the fingerprint, so the cache is not reused wrongly
     monkeypatch.undo()
     write_image(root / "a" / "a_000.png", size=(50, 50))
-    third = prepare_dataset(str(root), 24)
+    third = prepare_dataset(DataSpec(str(root), 24))
     assert not third.decoded.cache_hit and third.fingerprint != first.fingerprint
 
 
 def test_the_cache_is_per_image_size(make_dataset_folder):
     root = make_dataset_folder({"a": 10, "b": 10})
-    assert prepare_dataset(str(root), 24).images.shape[1:] == (24, 24, 3)
-    assert prepare_dataset(str(root), 40).images.shape[1:] == (40, 40, 3)
+    assert prepare_dataset(DataSpec(str(root), 24)).images.shape[1:] == (24, 24, 3)
+    assert prepare_dataset(DataSpec(str(root), 40)).images.shape[1:] == (40, 40, 3)
 
 
 def test_synthetic_images_are_deterministic_and_differ_by_class():
@@ -132,6 +133,6 @@ def test_synthetic_dataset_options_and_layout():
     folder = resolve_data("synthetic:per_class=12,seed=5,size=32")
     assert sorted(p.name for p in folder.iterdir()) == sorted(SYNTHETIC_CLASSES)
     assert len(list((folder / "monocyte").glob("*.png"))) == 12
-    data = prepare_dataset("synthetic:per_class=12,seed=5,size=32", 32)
+    data = prepare_dataset(DataSpec("synthetic:per_class=12,seed=5,size=32", 32))
     assert data.class_names == sorted(SYNTHETIC_CLASSES)
     assert data.split_sizes() == {"train": 42, "val": 12, "test": 6}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_image
 from PIL import Image
 
-from helpers import write_image
-from leukoml.data import ImageError, decode_image, prepare_dataset, scan_dataset
+from leukoml.data import DataSpec, ImageError, decode_image, prepare_dataset, scan_dataset
 from leukoml.errors import LeukomlError
 
 RED, BLUE, GREEN = (220, 20, 30), (20, 30, 220), (20, 200, 40)
@@ -213,7 +213,7 @@ def messy_dataset(tmp_path) -> Path:
 def test_messy_folder_keeps_converts_and_lists_every_bad_file(messy_dataset):
     # checked before decoding: reading the FIFO would block forever
     assert "train/white cell/pipe.jpg" not in scan_dataset(messy_dataset).files
-    data = prepare_dataset(str(messy_dataset), 32)
+    data = prepare_dataset(DataSpec(str(messy_dataset), 32))
     reasons = dict(data.skipped)
     expected = {
         "train/white cell/zero.jpg": "empty file",
@@ -276,7 +276,7 @@ def test_non_utf8_file_names_are_listed_and_fingerprinted(tmp_path):
 def test_skipped_non_utf8_names_are_reported_printable(make_dataset_folder):
     root = make_dataset_folder({"a": 10, "b": 10})
     (root / "a" / os.fsdecode(b"bad-\xff.jpg")).write_text("not an image")
-    data = prepare_dataset(str(root), 32)
+    data = prepare_dataset(DataSpec(str(root), 32))
     assert ("a/bad-\\xff.jpg", "not an image (unrecognised content)") in data.skipped
     for file, reason in data.skipped:
         (file + reason).encode("utf-8")  # writable to a CSV or MLflow as it is
@@ -288,4 +288,4 @@ def test_a_dataset_of_only_bad_files_stops_with_a_clear_error(tmp_path):
         (root / name).mkdir(parents=True)
         (root / name / "x.jpg").write_text("text")
     with pytest.raises(LeukomlError, match="no readable image"):
-        prepare_dataset(str(root), 32)
+        prepare_dataset(DataSpec(str(root), 32))

@@ -18,9 +18,9 @@ import re
 
 import numpy as np
 import pytest
-
 from helpers import KAGGLE, skip_without_real_data
-from leukoml.data import prepare_dataset
+
+from leukoml.data import DataSpec, prepare_dataset
 from leukoml.data._groups import GroupBy
 from leukoml.data._leakage import cached_copies, drop_cross_split_copies, leakage_report
 from leukoml.data._split import assign_splits
@@ -32,7 +32,7 @@ BATCH_INDEX = r"^_(\d+)_"
 @pytest.fixture(scope="module")
 def kaggle():
     skip_without_real_data()
-    return prepare_dataset(str(KAGGLE), 64)
+    return prepare_dataset(DataSpec(str(KAGGLE), 64))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukoml.data import decode_image, prepare_dataset, render_cell
+from leukoml.data import DataSpec, decode_image, prepare_dataset, render_cell
 from leukoml.data import _leakage as leakage
 from leukoml.data._leakage import cached_copies, find_copies
 
@@ -76,7 +76,7 @@ def zero_counts() -> dict:
 
 
 def test_every_planted_copy_is_found_once_and_nothing_else(planted):
-    data = prepare_dataset(str(planted), 64)
+    data = prepare_dataset(DataSpec(str(planted), 64))
     miss = [int(data.decoded.phash[data.files.index(f)], 16)
             for f in ("train/a/near-miss-1.png", "test/b/near-miss-2.png")]
     assert bin(miss[0] ^ miss[1]).count("1") <= 8  # a candidate, rejected by the pixel check
@@ -128,8 +128,8 @@ def test_distinct_cells_close_in_phash_are_not_called_copies():
 
 
 def test_dropping_keeps_test_whole_and_removes_every_cross_split_copy(planted):
-    kept = prepare_dataset(str(planted), 64)
-    data = prepare_dataset(str(planted), 64, drop_cross_split_duplicates=True)
+    kept = prepare_dataset(DataSpec(str(planted), 64))
+    data = prepare_dataset(DataSpec(str(planted), 64, drop_cross_split_duplicates=True))
     report = data.leakage
     assert report.dropped == {"train": 4, "val": 2}
     assert np.array_equal(data.splits["test"], kept.splits["test"])
@@ -142,28 +142,35 @@ def test_dropping_keeps_test_whole_and_removes_every_cross_split_copy(planted):
                     "train/a/a1.png", "train/b/b1.png"}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert report.shared_pairs(a, b) == 0
-    assert not report.train_shares_images
+    # chain-x (train) is chain-z (test) 8 grey levels darker: no pHash copy, but a sibling
+    assert report.with_train_sibling("test") == 1 and report.with_train_sibling("val") == 0
+    assert report.train_shares_images
     assert report.pairs["label_conflicts"]["exact"]["train"] == 1  # within train: kept
     as_dict = report.to_dict()
     assert as_dict["before_drop"]["duplicates"]["exact"]["cross_split"]["train/test"] == 1
     assert as_dict["dropped"] == {"train": 4, "val": 2}
     text = report.summary_text()
     assert "Dropped before training: 4 train and 2 val" in text
-    assert "WARNING" not in text and len(text.splitlines()) <= 6
+    warnings = [line for line in text.splitlines() if line.startswith("WARNING")]
+    assert warnings == ["WARNING: 1 test image(s) of 16 have a sibling in train; test scores "
+                        "are optimistic."]
 
 
 def test_summary_warns_when_train_shares_images(planted):
-    report = prepare_dataset(str(planted), 64).leakage
+    report = prepare_dataset(DataSpec(str(planted), 64)).leakage
     assert report.train_shares_images
     text = report.summary_text()
     assert "WARNING: train shares 2 copy pair(s) with test" in text
     assert "WARNING: train shares 3 copy pair(s) with val" in text
     assert "label conflicts (one image under two classes): 2 pair(s)" in text
-    assert len(text.splitlines()) <= 7
+    # siblings include the copies, plus chain-z ~ chain-x that no pixel hash links
+    assert "WARNING: 3 val image(s) of 13 have a sibling in train" in text
+    assert "WARNING: 3 test image(s) of 16 have a sibling in train" in text
+    assert len(text.splitlines()) <= 9
 
 
 def test_copy_search_is_cached_beside_the_decode_cache(planted):
-    data = prepare_dataset(str(planted), 64)
+    data = prepare_dataset(DataSpec(str(planted), 64))
     stored = list(data.decoded.path.glob("copies-*.npz"))
     assert len(stored) == 1 and f"h{leakage.HAMMING_BITS}" in stored[0].name
     again = cached_copies(data.images, data.decoded.sha256, data.decoded.phash, data.decoded.path)

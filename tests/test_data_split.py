@@ -6,11 +6,11 @@ import logging
 
 import numpy as np
 import pytest
+from helpers import write_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import write_image
-from leukoml.data import prepare_dataset
+from leukoml.data import DataSpec, prepare_dataset
 from leukoml.data._groups import GroupBy
 from leukoml.data._split import assign_splits
 from leukoml.errors import LeukomlError
@@ -37,7 +37,7 @@ def assert_groups_whole(splits, groups) -> None:
 @st.composite
 def grouped_labels(draw):
     """Per-class groups of 1-40 images (like augmented cells), 10-60 groups in all."""
-    n_groups = draw(st.integers(10, 60))
+    n_groups = draw(st.integers(10, 90))
     sizes = draw(st.lists(st.integers(1, 40), min_size=n_groups, max_size=n_groups))
     classes = draw(st.lists(st.integers(0, 2), min_size=n_groups, max_size=n_groups)
                    .filter(lambda c: len(set(c)) == 3))
@@ -47,13 +47,24 @@ def grouped_labels(draw):
     return labels[order], groups[order]
 
 
+# With this many groups in every class a grouped split must succeed: refusing it is a bug.
+ENOUGH_GROUPS = 15
+REFUSALS = ("a grouped split deals", "came out empty", "the grouped split leaves no")
+
+
 def split_or_refuse(labels, folders, seed, groups):
-    """The splits, or None when the input is too small to deal 10 group folds (said clearly)."""
+    """The splits (every class in every split), or None when a class has too few groups
+    to reach every split, said clearly; refusing an input with enough groups fails."""
+    fewest = min(len(np.unique(groups[labels == c])) for c in range(len(CLASSES)))
     try:
-        return assign_splits(labels, folders, CLASSES, seed, groups=groups)
+        splits, source = assign_splits(labels, folders, CLASSES, seed, groups=groups)
     except LeukomlError as exc:
-        assert "a grouped split deals" in str(exc) or "came out empty" in str(exc)
+        assert fewest < ENOUGH_GROUPS, f"refused with {fewest} groups per class: {exc}"
+        assert any(reason in str(exc) for reason in REFUSALS), str(exc)
         return None
+    for name, idx in splits.items():
+        assert set(labels[idx].tolist()) == set(range(len(CLASSES))), f"{name} lacks a class"
+    return splits, source
 
 
 @settings(max_examples=60, deadline=None)
@@ -137,7 +148,7 @@ def augmented_dataset(tmp_path):
 
 
 def test_group_by_regex_keeps_every_cell_in_one_split(augmented_dataset):
-    data = prepare_dataset(str(augmented_dataset), 24, seed=3, group_by=r"^_(\d+)_")
+    data = prepare_dataset(DataSpec(str(augmented_dataset), 24, seed=3, group_by=r"^_(\d+)_"))
     assert data.groups is not None and len(np.unique(data.groups)) == 36  # per class: 3 x 12
     assert_groups_whole(data.splits, data.groups)
     cell = [f"{f.split('/')[0]}/{f.split('/')[1].split('_')[1]}" for f in data.files]
@@ -151,7 +162,7 @@ def test_files_the_regex_misses_become_their_own_group_with_a_warning(augmented_
     write_image(augmented_dataset / "a" / "odd-name.png", size=(24, 24))
     write_image(augmented_dataset / "b" / "other.png", size=(24, 24))
     with caplog.at_level(logging.WARNING):
-        data = prepare_dataset(str(augmented_dataset), 24, group_by=r"^_(\d+)_")
+        data = prepare_dataset(DataSpec(str(augmented_dataset), 24, group_by=r"^_(\d+)_"))
     assert len(np.unique(data.groups)) == 38
     assert "2 of 218 image(s) have no group" in caplog.text
 
@@ -164,7 +175,7 @@ def test_group_by_csv_groups_across_classes(augmented_dataset, tmp_path):
     ]
     (tmp_path / "groups.csv").write_text("\n".join(rows) + "\n")
     csv = str(tmp_path / "groups.csv")
-    data = prepare_dataset(str(augmented_dataset), 24, seed=1, group_by=csv)
+    data = prepare_dataset(DataSpec(str(augmented_dataset), 24, seed=1, group_by=csv))
     assert len(np.unique(data.groups)) == 12
     assert_groups_whole(data.splits, data.groups)
     assert "grouped by groups.csv, 12 groups" in data.split_source

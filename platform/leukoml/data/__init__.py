@@ -1,47 +1,50 @@
-"""The data layer: folder -> listing -> decode cache -> splits.
+"""The data room: DataSpec -> listing -> decode cache -> siblings/copies -> grouped split.
 
-`prepare_dataset` is the one entry point for training code. The tf.data
-feed lives in `leukoml.data.tfdata`, kept out of this package's import so the
-decode workers (spawned processes) never load TensorFlow.
+`prepare_dataset(spec)` is the one entry point for every job (train, search,
+promote, explain, evaluate). It may import only `leukoml.names`,
+`leukoml.errors` and `leukoml.progress`; the tf.data feed lives in
+`leukoml.data.tfdata` and MLflow logging in `leukoml.data.tracking`, kept out
+of this import so the decode workers (spawned processes) load neither
+TensorFlow nor MLflow.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from leukoml.data._cache import DecodedImages, cache_root, load_or_decode
 from leukoml.data._decode import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_image
 from leukoml.data._discover import Listing, printable, scan_dataset
-from leukoml.data._groups import GroupBy
+from leukoml.data._groups import GroupBy, Groups, sibling_groups
 from leukoml.data._leakage import (
     LeakageReport,
     cached_copies,
     drop_cross_split_copies,
     leakage_report,
+    sibling_crossings,
 )
+from leukoml.data._siblings import Siblings, cached_siblings
+from leukoml.data._source import SYNTHETIC, parse_synthetic, resolve_data
 from leukoml.data._split import assign_splits
 from leukoml.data._synthetic import CLASSES as SYNTHETIC_CLASSES
-from leukoml.data._synthetic import GENERATOR_VERSION, render_cell, write_synthetic_dataset
+from leukoml.data._synthetic import render_cell
+from leukoml.data.spec import NO_GROUPS, SIBLINGS, DataSpec
 from leukoml.errors import LeukomlError
+from leukoml.names import SPLITS
 
 log = logging.getLogger(__name__)
-
-SYNTHETIC = "synthetic"
-_SYNTHETIC_DEFAULTS = {"per_class": 200, "seed": 0, "size": 96}
 
 
 @dataclass
 class PreparedData:
     """Decoded images of one dataset at one size, with their splits."""
 
-    source: str  # what the user passed ("synthetic", a path)
+    spec: DataSpec
     root: Path
     class_names: list[str]
     files: list[str]  # relative paths of the decoded images
@@ -52,8 +55,12 @@ class PreparedData:
     skipped: list[tuple[str, str]]  # (relative path, reason)
     fingerprint: str
     decoded: DecodedImages
-    groups: np.ndarray | None = None  # (N,) source-group id per image, when grouped
-    leakage: LeakageReport | None = None  # copies within/across the splits
+    groups: np.ndarray | None = None  # (N,) group id per image (siblings, or group_by)
+    leakage: LeakageReport | None = None  # copies and siblings within/across the splits
+
+    @property
+    def source(self) -> str:
+        return self.spec.source
 
     @property
     def image_size(self) -> int:
@@ -73,67 +80,67 @@ class PreparedData:
             for split, idx in self.splits.items()
         }
 
+    @property
+    def cells_missed(self) -> int:
+        """Images kept whole because `crop="cell"` found no leukocyte (0 without a crop)."""
+        return len(self.decoded.cell_found) - int(sum(self.decoded.cell_found)) if (
+            self.spec.crop == "cell") else 0
 
-def parse_synthetic(source: str) -> dict[str, int] | None:
-    """`synthetic` or `synthetic:per_class=300,seed=1,size=128` -> options; else None."""
-    head, _, tail = source.partition(":")
-    if head.strip().lower() != SYNTHETIC:
-        return None
-    options = dict(_SYNTHETIC_DEFAULTS)
-    for item in filter(None, (part.strip() for part in tail.split(","))):
-        key, _, value = item.partition("=")
-        if key not in options or not value.strip().isdigit():
-            raise LeukomlError(
-                f"data: bad synthetic option {item!r}; use synthetic:"
-                + ",".join(f"{k}=<int>" for k in options)
-            )
-        options[key] = int(value)
-    if options["per_class"] < 10 or options["size"] < 32:
-        raise LeukomlError("data: synthetic needs per_class >= 10 and size >= 32")
-    return options
+    def group_ids(self) -> np.ndarray:
+        """A group per image: its siblings' (or group_by's), else one of its own."""
+        return self.groups if self.groups is not None else np.arange(len(self.labels))
 
-
-def resolve_data(source: str) -> Path:
-    """The dataset folder for `source`, rendering the synthetic set on first use."""
-    options = parse_synthetic(str(source))
-    if options is None:
-        return Path(source).expanduser()
-    folder = cache_root() / "synthetic" / (
-        f"v{GENERATOR_VERSION}-n{options['per_class']}-seed{options['seed']}-{options['size']}px"
-    )
-    if not folder.is_dir():
-        log.info("rendering the synthetic dataset into %s", folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-        try:
-            write_synthetic_dataset(tmp, options["per_class"], options["seed"], options["size"])
-            os.rename(tmp, folder)  # atomic: concurrent workers never see half a dataset
-        except OSError:
-            if not folder.is_dir():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    def manifest(self) -> pd.DataFrame:
+        """One row per image in a split: file, class, split, group. Rebuilds the split."""
+        group = self.group_ids()
+        frames = [pd.DataFrame({"file": [self.files[i] for i in idx],
+                                "class": [self.class_names[c] for c in self.labels[idx]],
+                                "split": name, "group": group[idx]})
+                  for name, idx in self.splits.items()]
+        return pd.concat(frames, ignore_index=True)
 
 
-def prepare_dataset(
-    source: str,
-    image_size: int,
-    seed: int = 0,
-    group_by: str | None = None,
-    drop_cross_split_duplicates: bool = False,
-) -> PreparedData:
-    """List, decode (cached), split and check a dataset for copies across the splits.
+def _grouping(spec: DataSpec, root, listing: Listing, decoded: DecodedImages, files, labels,
+              folder_splits, copies) -> tuple[Groups | None, Siblings | None]:
+    """The groups a split must respect: detected siblings (default), group_by, or none."""
+    if spec.grouping == "explicit":
+        return GroupBy.parse(spec.group_by, root).groups(files, labels, folder_splits), None
+    if spec.grouping == NO_GROUPS:
+        return None, None
+    siblings = cached_siblings(listing.root, listing.files, listing.fingerprint, cache_root())
+    kept = np.asarray(decoded.kept, dtype=np.int64)
+    return sibling_groups(siblings.group[kept], copies.first, copies.second), siblings
 
-    Bad files are skipped and listed. `group_by` (a regex with one capture
-    group over file names, or a `file,group` CSV) keeps each source's images
-    in one split. `drop_cross_split_duplicates` removes from train and val the
-    images that copy a test image, then from train those copying a val image.
+
+def _sibling_summary(spec: DataSpec, siblings: Siblings | None, groups: Groups | None,
+                     splits, split_source: str) -> dict:
+    if spec.grouping == NO_GROUPS:
+        summary = "not searched (group_by none)"
+    elif siblings is None:
+        summary = f"not searched (grouped by {groups.description})"
+    else:
+        summary = siblings.summary() + (
+            f" ({'reused' if siblings.cache_hit else 'found'} in {siblings.seconds:.1f} s)")
+    crossings = sibling_crossings(groups.ids, splits) if groups is not None else {}
+    return {"searched": siblings is not None, "summary": summary,
+            "groups": None if groups is None else groups.count,
+            "split": split_source, "images_with_sibling_in": crossings}
+
+
+def prepare_dataset(spec: DataSpec) -> PreparedData:
+    """List, decode (cached), group and split a dataset; check it for copies across splits.
+
+    Bad files are skipped and listed. Images of one field (siblings, found by
+    default) or one `group_by` group never straddle a carved split.
+    `drop_cross_split_duplicates` removes from train and val the images that
+    copy a test image, then from train those copying a val image.
     """
-    root = resolve_data(source)
-    spec = GroupBy.parse(group_by, root) if group_by else None  # fail before decoding
+    spec = spec.validated()
+    root = resolve_data(spec.source)
+    if spec.grouping == "explicit":
+        GroupBy.parse(spec.group_by, root)  # fail before decoding
     listing = scan_dataset(root)
-    decoded = load_or_decode(listing, image_size)
+    decoded = load_or_decode(listing, spec.image_size, spec.crop)
     labels = np.asarray(listing.labels)[decoded.kept]
     files = [listing.files[i] for i in decoded.kept]
     folder_splits = [listing.folder_splits[i] for i in decoded.kept]
@@ -148,20 +155,22 @@ def prepare_dataset(
             raise LeukomlError(
                 f"data: class folder {folder} has no readable image left after skipping bad files"
             )
-    groups = spec.groups(files, labels, folder_splits) if spec else None
+    copies = cached_copies(decoded.images, decoded.sha256, decoded.phash, decoded.path)
+    log.info("%s the copy search (%d pairs) in %.2f s",
+             "reused" if copies.cache_hit else "ran", len(copies.first), copies.seconds)
+    groups, siblings = _grouping(spec, root, listing, decoded, files, labels, folder_splits,
+                                 copies)
     splits, split_source = assign_splits(
-        labels, folder_splits, listing.class_names, seed,
+        labels, folder_splits, listing.class_names, spec.seed, fractions=spec.fractions,
         groups=groups.ids if groups else None,
         grouped_by=f"{groups.description}, {groups.count} groups" if groups else "",
     )
-    copies = cached_copies(decoded.images, decoded.sha256, decoded.phash, decoded.path)
-    leakage = leakage_report(copies, files, labels, listing.class_names, splits, image_size)
-    log.info("%s the copy search (%d pairs) in %.2f s",
-             "reused" if copies.cache_hit else "ran", len(copies.first), copies.seconds)
-    if drop_cross_split_duplicates:
+    leakage = leakage_report(copies, files, labels, listing.class_names, splits, spec.image_size)
+    if spec.drop_cross_split_duplicates:
         before = leakage
         splits, dropped = drop_cross_split_copies(copies, splits, len(labels))
-        leakage = leakage_report(copies, files, labels, listing.class_names, splits, image_size)
+        leakage = leakage_report(copies, files, labels, listing.class_names, splits,
+                                 spec.image_size)
         leakage.dropped, leakage.before_drop = dropped, before
         log.warning("dropped %d train and %d val image(s) that copy an image of a later split",
                     dropped["train"], dropped["val"])
@@ -169,6 +178,12 @@ def prepare_dataset(
             raise LeukomlError(
                 "data: every val image copies a test image; nothing is left to validate on"
             )
+    leakage.siblings = _sibling_summary(spec, siblings, groups, splits, split_source)
+    log.info("siblings: %s; split: %s", leakage.siblings["summary"], split_source)
+    if spec.crop == "cell":
+        missed = len(decoded.cell_found) - int(sum(decoded.cell_found))
+        log.info("crop cell: the leukocyte was found in %d of %d images (the %d others are "
+                 "kept whole)", len(decoded.cell_found) - missed, len(decoded.cell_found), missed)
     if leakage.train_shares_images:
         log.warning("train shares images with val or test:\n%s", leakage.summary_text())
     missing = set(range(len(listing.class_names))) - set(labels[splits["train"]].tolist())
@@ -178,7 +193,7 @@ def prepare_dataset(
             + ", ".join(printable(listing.class_names[m]) for m in sorted(missing))
         )
     return PreparedData(
-        source=str(source),
+        spec=spec,
         root=root,
         class_names=listing.class_names,
         files=files,
@@ -197,10 +212,14 @@ def prepare_dataset(
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
-    "LeakageReport",
+    "NO_GROUPS",
+    "SIBLINGS",
+    "SPLITS",
     "SYNTHETIC",
     "SYNTHETIC_CLASSES",
+    "DataSpec",
     "ImageError",
+    "LeakageReport",
     "Listing",
     "PreparedData",
     "cache_root",

@@ -16,20 +16,19 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from leukoml.data._decode import ImageError, decode_image
+from leukoml.data._decode import ImageError, decode_cropped
 from leukoml.data._discover import Listing
+from leukoml.data._parallel import parallel_map
+from leukoml.progress import progress
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
-_PARALLEL_FROM = 256  # below this many files a process pool costs more than it saves
+CACHE_FORMAT = 2
 
 
 def cache_root() -> Path:
@@ -44,23 +43,24 @@ class DecodedImages:
     skipped: list[tuple[str, str]]  # files that failed to decode, with the reason
     sha256: list[str]
     phash: list[str]
+    cell_found: list[bool]  # per kept image: whether `crop="cell"` found the cell
     cache_hit: bool
     seconds: float
     path: Path
 
 
-def _decode_one(args: tuple[str, int]) -> tuple[bool, object, str, str]:
-    """(ok, array or reason, sha256, phash) for one file; runs in worker processes."""
-    path, size = args
+def _decode_one(args: tuple[str, int, str]) -> tuple[bool, object, str, str, bool]:
+    """(ok, array or reason, sha256, phash, cell found) for one file; runs in worker processes."""
+    path, size, crop = args
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        return False, f"unreadable file: {exc.strerror or exc}", "", ""
+        return False, f"unreadable file: {exc.strerror or exc}", "", "", False
     try:
-        pixels = decode_image(data, size)
+        pixels, found = decode_cropped(data, size, crop)
     except ImageError as exc:
-        return False, str(exc), "", ""
-    return True, pixels, hashlib.sha256(data).hexdigest(), _phash(pixels)
+        return False, str(exc), "", "", False
+    return True, pixels, hashlib.sha256(data).hexdigest(), _phash(pixels), found
 
 
 def _phash(pixels: np.ndarray) -> str:
@@ -70,12 +70,14 @@ def _phash(pixels: np.ndarray) -> str:
     return str(imagehash.phash(Image.fromarray(pixels)))
 
 
-def load_or_decode(listing: Listing, image_size: int, workers: int | None = None) -> DecodedImages:
+def load_or_decode(listing: Listing, image_size: int, crop: str = "none",
+                   workers: int | None = None) -> DecodedImages:
     """The decoded images of `listing` at `image_size`, from the cache when present."""
-    entry = cache_root() / "decoded" / f"{listing.fingerprint}-{image_size}px-v{CACHE_FORMAT}"
+    name = f"{listing.fingerprint}-{image_size}px-{crop}-v{CACHE_FORMAT}"
+    entry = cache_root() / "decoded" / name
     start = time.perf_counter()
     if not (entry / "meta.json").is_file():
-        _build(listing, image_size, entry, workers)
+        _build(listing, image_size, crop, entry, workers)
         hit = False
     else:
         hit = True
@@ -92,27 +94,31 @@ def load_or_decode(listing: Listing, image_size: int, workers: int | None = None
         skipped=[tuple(s) for s in meta["skipped"]],
         sha256=meta["sha256"],
         phash=meta["phash"],
+        cell_found=meta["cell_found"],
         cache_hit=hit,
         seconds=seconds,
         path=entry,
     )
 
 
-def _build(listing: Listing, size: int, entry: Path, workers: int | None) -> None:
+def _build(listing: Listing, size: int, crop: str, entry: Path, workers: int | None) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp-", dir=entry.parent))
     try:
-        jobs = [(str(listing.root / f), size) for f in listing.files]
+        jobs = [(str(listing.root / f), size, crop) for f in listing.files]
         out = np.lib.format.open_memmap(
             tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(jobs), size, size, 3)
         )
-        kept, skipped, sha, phash = [], [], [], []
-        for i, (ok, value, digest, perceptual) in enumerate(_run(jobs, workers)):
+        kept, skipped, sha, phash, found = [], [], [], [], []
+        results = parallel_map(_decode_one, jobs, workers)
+        for i, (ok, value, digest, perceptual, cell) in enumerate(
+                progress(results, len(jobs), f"decoding at {size} px")):
             if ok:
                 out[len(kept)] = value
                 kept.append(i)
                 sha.append(digest)
                 phash.append(perceptual)
+                found.append(cell)
             else:
                 skipped.append((listing.files[i], value))
         out.flush()
@@ -123,7 +129,8 @@ def _build(listing: Listing, size: int, entry: Path, workers: int | None) -> Non
             del full
             os.replace(tmp / "images.kept.npy", tmp / "images.npy")
         meta = {"format": CACHE_FORMAT, "root": str(listing.root), "kept": kept,
-                "skipped": skipped, "sha256": sha, "phash": phash}
+                "skipped": skipped, "sha256": sha, "phash": phash, "cell_found": found,
+                "crop": crop}
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, entry)
@@ -131,13 +138,3 @@ def _build(listing: Listing, size: int, entry: Path, workers: int | None) -> Non
             log.info("decode cache %s was built concurrently; using that one", entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _run(jobs, workers):
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(jobs) < _PARALLEL_FROM:
-        yield from map(_decode_one, jobs)
-        return
-    # spawn: the parent may hold TensorFlow threads, which fork would copy mid-lock
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        yield from pool.map(_decode_one, jobs, chunksize=64)

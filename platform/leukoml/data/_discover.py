@@ -17,10 +17,10 @@ from pathlib import Path
 
 from leukoml.data._decode import IMAGE_SUFFIXES
 from leukoml.errors import LeukomlError
+from leukoml.names import SPLITS
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 _SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 _SYMLINKED_DIR = "symlinked folder; not followed"
 

@@ -138,3 +138,26 @@ def _read_csv(path: Path, root: Path) -> dict[str, str]:
                 f"({mapping[file]!r}, then {row['group']!r})"
             )
     return mapping
+
+
+def merge_groups(ids: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Group ids with the pairs (`first[k]`, `second[k]`) joined too (connected components)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(ids)
+    order = np.argsort(ids, kind="stable")  # chain each group's members: a, b, c -> a-b, b-c
+    same = ids[order[1:]] == ids[order[:-1]]
+    rows = np.concatenate([order[:-1][same], np.asarray(first, np.int64)])
+    cols = np.concatenate([order[1:][same], np.asarray(second, np.int64)])
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def sibling_groups(sibling_ids: np.ndarray, copies_first: np.ndarray,
+                   copies_second: np.ndarray) -> Groups | None:
+    """Groups of siblings and copies, or None when every image stands alone."""
+    ids = merge_groups(sibling_ids, copies_first, copies_second)
+    if len(np.unique(ids)) == len(ids):
+        return None
+    return Groups(ids, "detected siblings and copies", ungrouped=0)

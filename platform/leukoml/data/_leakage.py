@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from leukoml.names import SPLITS
+
 log = logging.getLogger(__name__)
 
 HAMMING_BITS = 8
 THUMBNAIL_LEVELS = 6.0
 THUMBNAIL = 16
 MAX_EXAMPLES = 20
-SPLITS = ("train", "val", "test")
 _FORMAT = 1
 _BLOCK = 4_000_000  # hash comparisons per chunk: ~35 MB of temporaries
 _PAIR_KEYS = {(a, b): SPLITS[a] if a == b else f"{SPLITS[a]}/{SPLITS[b]}"
@@ -151,16 +152,25 @@ class LeakageReport:
     examples: list[dict]
     dropped: dict[str, int] | None = None
     before_drop: "LeakageReport | None" = field(default=None, repr=False)
+    # how siblings (same field, augmented) were searched and how many cross the splits
+    siblings: dict | None = None
 
     def shared_pairs(self, a: str, b: str) -> int:
         """Copy pairs (of any kind, same class or not) between splits `a` and `b`."""
         key = f"{a}/{b}" if SPLITS.index(a) < SPLITS.index(b) else f"{b}/{a}"
         return sum(kinds[kind].get(key, 0) for kinds in self.pairs.values() for kind in kinds)
 
+    def with_train_sibling(self, split: str) -> int:
+        """Images of `split` whose field (a sibling) also sits in train."""
+        crossings = (self.siblings or {}).get("images_with_sibling_in", {})
+        return int(crossings.get(split, {}).get("train", 0))
+
     @property
     def train_shares_images(self) -> bool:
-        """Whether train holds a copy of a val or test image: those scores are then optimistic."""
-        return bool(self.shared_pairs("train", "test") or self.shared_pairs("train", "val"))
+        """Whether train holds a copy or sibling of a val or test image: those scores are then
+        optimistic."""
+        return bool(self.shared_pairs("train", "test") or self.shared_pairs("train", "val")
+                    or self.with_train_sibling("val") or self.with_train_sibling("test"))
 
     def to_dict(self) -> dict:
         def shape(counts: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -187,6 +197,7 @@ class LeakageReport:
             },
             "examples": self.examples,
             "dropped": self.dropped,
+            "siblings": self.siblings,
         }
         if self.before_drop is not None:
             out["before_drop"] = self.before_drop.to_dict()
@@ -205,11 +216,18 @@ class LeakageReport:
         conflicts = sum(sum(c.values()) for c in self.pairs["label_conflicts"].values())
         lines.append("Of these, label conflicts (one image under two classes): "
                      + (f"{conflicts} pair(s)" if conflicts else "none"))
+        if self.siblings is not None:
+            lines.append(f"Siblings (same field rotated/flipped/shifted): {self.siblings['summary']}"
+                         f"; {self.siblings['split']}.")
         for other, what in (("test", "test"), ("val", "validation")):
             shared = self.shared_pairs("train", other)
             if shared:
                 lines.append(f"WARNING: train shares {shared} copy pair(s) with {other}; "
                              f"{what} scores are optimistic.")
+            siblings = self.with_train_sibling(other)
+            if siblings:
+                lines.append(f"WARNING: {siblings} {other} image(s) of {self.split_sizes[other]} "
+                             f"have a sibling in train; {what} scores are optimistic.")
         if self.dropped is not None:
             before = self.before_drop
             lines.append(
@@ -309,3 +327,15 @@ def _split_of(n: int, splits: dict[str, np.ndarray]) -> np.ndarray:
     for k, name in enumerate(SPLITS):
         split_of[np.asarray(splits[name], dtype=np.int64)] = k
     return split_of
+
+
+def sibling_crossings(groups: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per split, how many of its images have a group-mate in each earlier split."""
+    out: dict[str, dict[str, int]] = {}
+    for later in range(1, len(SPLITS)):
+        mine = groups[np.asarray(splits[SPLITS[later]], dtype=np.int64)]
+        out[SPLITS[later]] = {
+            SPLITS[earlier]: int(np.isin(mine, groups[splits[SPLITS[earlier]]]).sum())
+            for earlier in range(later)
+        }
+    return out

@@ -18,11 +18,11 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from leukoml.errors import LeukomlError
+from leukoml.names import SPLITS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
-SPLITS = ("train", "val", "test")
 
 
 def _carve(
@@ -147,12 +147,14 @@ def assign_splits(
         if carved:
             source += f" ({' and '.join(carved)} carved from train, {how})"
     if groups is not None:
-        _check_grouped(splits, labels, groups, class_names)
+        carved = list(SPLITS[1:]) if not given else carved
+        _check_grouped(splits, labels, groups, class_names, carved, grouped_by)
     return splits, source
 
 
-def _check_grouped(splits, labels, groups, class_names) -> None:
-    """Warn about what grouping cannot fix: groups across split folders, classes left out."""
+def _check_grouped(splits, labels, groups, class_names, carved, grouped_by) -> None:
+    """Refuse a carved split that grouping left without a class; warn about groups that
+    split folders put on two sides (not leukoml's doing)."""
     seen = [set(groups[idx].tolist()) for idx in splits.values()]
     shared = (seen[0] & seen[1]) | (seen[0] & seen[2]) | (seen[1] & seen[2])
     if shared:
@@ -160,10 +162,17 @@ def _check_grouped(splits, labels, groups, class_names) -> None:
             "%d group(s) have images in more than one split folder; the split folders, "
             "not leukoml, put them there", len(shared),
         )
-    for name, idx in splits.items():
-        missing = sorted(set(range(len(class_names))) - set(labels[idx].tolist()))
-        if missing and name != "train":  # no training images is an error, raised by the caller
-            log.warning(
-                "the grouped %s split has no images of class(es) %s: too few groups to spread",
-                name, ", ".join(class_names[m] for m in missing),
+    pool = np.concatenate([splits["train"], *(splits[name] for name in carved)])
+    for name in carved:
+        missing = sorted(set(range(len(class_names))) - set(labels[splits[name]].tolist()))
+        if missing:
+            detail = "; ".join(
+                f"{class_names[m]}: {int((labels[pool] == m).sum())} image(s) in "
+                f"{len(np.unique(groups[pool][labels[pool] == m]))} group(s)" for m in missing)
+            raise LeukomlError(
+                f"data: the grouped split leaves no {name} image of class(es) "
+                f"{', '.join(class_names[m] for m in missing)} ({detail}; grouped by "
+                f"{grouped_by or 'group_by'}): a group never straddles two splits, so a class "
+                f"needs at least as many groups as splits; add images of more cells, give a "
+                f"{name} folder, or set group_by none (its {name} scores will leak)"
             )

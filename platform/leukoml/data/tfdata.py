@@ -2,26 +2,14 @@
 
 Batches are gathered from the memory-mapped decode cache by index, so no
 image is decoded again and no split is copied whole into a graph constant.
-Preprocessing and augmentation run as TensorFlow ops on whole batches.
+Augmentation runs as TensorFlow ops on whole batches; the models scale their
+own input (`leukoml.backbones.classifier`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import tensorflow as tf
-
-
-def _augment(x: tf.Tensor, seed: int) -> tf.Tensor:
-    """The 8 flips/rotations of a square image, drawn per image: cells have no up."""
-    n = tf.shape(x)[0]
-    flip_lr = tf.random.uniform([n, 1, 1, 1], seed=seed) < 0.5
-    flip_ud = tf.random.uniform([n, 1, 1, 1], seed=seed + 1) < 0.5
-    transpose = tf.random.uniform([n, 1, 1, 1], seed=seed + 2) < 0.5
-    x = tf.where(flip_lr, tf.reverse(x, axis=[2]), x)
-    x = tf.where(flip_ud, tf.reverse(x, axis=[1]), x)
-    return tf.where(transpose, tf.transpose(x, [0, 2, 1, 3]), x)
 
 
 def make_dataset(
@@ -29,13 +17,20 @@ def make_dataset(
     labels: np.ndarray,
     indices: np.ndarray,
     batch_size: int,
-    preprocess: Callable,
     *,
     shuffle: bool = False,
-    augment: bool = False,
+    augment: str = "none",
     seed: int = 0,
+    one_hot: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of (preprocessed float32 images, int labels) for `indices`."""
+    """Batches of (float32 RGB images in [0, 255], labels) for `indices`.
+
+    Labels are ints, or one-hot rows of `one_hot` classes (for label smoothing).
+    `augment` is an `Augmenter` kind (none, flips, cell), drawn anew every epoch.
+    """
+    from leukoml.data.augment import Augmenter
+
+    augmenter = Augmenter(augment, seed)
     size = images.shape[1]
     indices = np.asarray(indices, dtype=np.int64)
 
@@ -51,10 +46,10 @@ def make_dataset(
         x, y = tf.numpy_function(gather, [batch_idx], [tf.uint8, tf.int32])
         x = tf.ensure_shape(x, [None, size, size, 3])
         y = tf.ensure_shape(y, [None])
-        x = tf.cast(x, tf.float32)
-        if augment:
-            x = _augment(x, seed)
-        return preprocess(x), y
+        x = augmenter(tf.cast(x, tf.float32))
+        if one_hot:
+            y = tf.one_hot(y, one_hot)
+        return x, y
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,89 @@
+"""What a run records about its data: spec, manifest, dataset inputs, leakage, skipped files.
+
+`log_data(data)` writes it all to the active MLflow run, so anyone can rebuild
+the split (`data/spec.json`), see it image by image (`data/manifest.csv`), and
+the MLflow UI shows which data the run used: one dataset input per split with
+a content digest, equal for two runs on the same split.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from leukoml import names
+from leukoml.data import PreparedData
+from leukoml.tracking import log_params
+
+
+def dataset_params(data: PreparedData) -> dict[str, object]:
+    sizes = data.split_sizes()
+    return {
+        names.DATASET: str(data.root),
+        names.DATASET_FINGERPRINT: data.fingerprint,
+        names.CLASS_NAMES: json.dumps(data.class_names),
+        names.N_TRAIN: sizes["train"],
+        names.N_VAL: sizes["val"],
+        names.N_TEST: sizes["test"],
+        names.N_SKIPPED: len(data.skipped),
+        names.SPLIT_SOURCE: data.split_source,
+        names.GROUP_BY: data.spec.group_by,
+    }
+
+
+def log_skipped(skipped: list[tuple[str, str]]) -> None:
+    """`data/skipped_files.csv` in the active run, if any file was skipped."""
+    if not skipped:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(names.SKIPPED_FILES).name
+        pd.DataFrame(skipped, columns=["file", "reason"]).to_csv(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(names.SKIPPED_FILES).parent))
+
+
+def log_dataset_inputs(data: PreparedData, manifest: pd.DataFrame) -> None:
+    """One MLflow dataset input per split (context training/validation/test)."""
+    name = data.root.name
+    for split, context in names.SPLIT_CONTEXTS.items():
+        rows = manifest[manifest["split"] == split].drop(columns="split").reset_index(drop=True)
+        with warnings.catch_warnings():  # MLflow registers its local source twice, and hints
+            warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+            dataset = mlflow.data.from_pandas(rows, source=str(data.root), targets="class",
+                                              name=f"{name}-{split}")
+            mlflow.log_input(dataset, context=context)
+
+
+def log_data(data: PreparedData) -> None:
+    """Everything about `data` to the active run: params, spec, manifest, inputs, leakage."""
+    log_params(dataset_params(data))
+    mlflow.log_text(data.spec.to_json() + "\n", names.DATA_SPEC)
+    manifest = data.manifest()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(names.MANIFEST).name
+        manifest.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(names.MANIFEST).parent))
+    log_dataset_inputs(data, manifest)
+    mlflow.log_dict(
+        {"split_source": data.split_source, "sizes": data.split_sizes(),
+         "class_counts": data.class_counts()},
+        names.SPLIT_SIZES,
+    )
+    leakage = data.leakage
+    mlflow.log_dict(leakage.to_dict(), names.LEAKAGE_REPORT)
+    mlflow.log_text(leakage.summary_text() + "\n", names.LEAKAGE_SUMMARY)
+    mlflow.log_metrics({names.COPIES_TRAIN_TEST: leakage.shared_pairs("train", "test"),
+                        names.COPIES_TRAIN_VAL: leakage.shared_pairs("train", "val"),
+                        names.SIBLINGS_TRAIN_VAL: leakage.with_train_sibling("val"),
+                        names.SIBLINGS_TRAIN_TEST: leakage.with_train_sibling("test"),
+                        names.CELLS_NOT_FOUND: data.cells_missed})
+    if leakage.train_shares_images:
+        warning = next(line for line in leakage.summary_text().splitlines()
+                       if line.startswith("WARNING"))
+        mlflow.set_tag(names.TAG_LEAKAGE, warning[:500])
+    log_skipped(data.skipped)
