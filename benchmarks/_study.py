@@ -9,16 +9,16 @@ from pathlib import Path
 
 import mlflow
 
-from leukoml.config import parse_search_space
-from leukoml.search import run_search
+from leukoml.study import parse_search_space, run_search
 
 
-def scratch_stores(prefix: str) -> tuple[str, str]:
-    """(tracking URI, Optuna storage URL) in a fresh temporary folder."""
-    folder = Path(tempfile.mkdtemp(prefix=f"leukoml-{prefix}-"))
+def scratch_stores(prefix: str, folder: str | None = None) -> tuple[str, str]:
+    """(tracking URI, Optuna storage URL) in a fresh temporary folder, or in `folder` again."""
+    folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix=f"leukoml-{prefix}-"))
     tracking = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+    found = mlflow.get_experiment_by_name(prefix)
+    mlflow.set_experiment(experiment_id=found.experiment_id if found else mlflow.create_experiment(
         prefix, (folder / "artifacts").as_uri()))
     return tracking, f"sqlite:///{folder / 'optuna.db'}"
 

@@ -18,9 +18,9 @@ import argparse
 import time
 
 import mlflow
-
 from _common import KAGGLE, machine, print_table, write_result
 from _study import scratch_stores
+
 from leukoml import names
 from leukoml.config import TrainConfig
 from leukoml.data import prepare_dataset

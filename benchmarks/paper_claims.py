@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import mlflow
-
 from _common import KAGGLE, machine, print_table, write_result
 from _study import scratch_stores
+
 from leukoml import names
 from leukoml.config import TrainConfig
 from leukoml.data import prepare_dataset
@@ -64,7 +64,7 @@ def main() -> None:
             config = TrainConfig(data=source, backbone="Asghar2022CNN", image_size=100,
                                  learning_rate=args.learning_rate, batch_size=32,
                                  max_epochs=args.max_epochs, patience=args.patience,
-                                 monitor="val_loss", augment=False)
+                                 monitor="val_loss", augment="none")
             data = prepare_dataset(source, 100, seed=config.seed)
             started = time.perf_counter()
             with mlflow.start_run(run_name=label):

@@ -41,7 +41,7 @@ def train_tiny_model(image_size: int) -> str:
     from leukoml.serving import log_serving_model
     from leukoml.training import train_and_log
 
-    config = TrainConfig(image_size=image_size, max_epochs=1, augment=False)
+    config = TrainConfig(image_size=image_size, max_epochs=1, augment="none")
     data = prepare_dataset(config.data, image_size, seed=config.seed)
     with mlflow.start_run() as run:
         train_and_log(config, data)

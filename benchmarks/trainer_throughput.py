@@ -28,14 +28,15 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
-
 from _common import machine, print_table, write_result
 from _study import scratch_stores
+
 from leukoml import names
 from leukoml.backbones.classifier import build_classifier, preprocess_fn
 from leukoml.config import TrainConfig
 from leukoml.data import prepare_dataset
 from leukoml.training import train_and_log
+
 
 def bare_fit(data, backbone: str, batch_size: int, epochs: int) -> tuple[float, float]:
     """Images/s of plain Keras on in-memory arrays, and the first step's delay."""
@@ -85,7 +86,7 @@ def leukoml_trial(data, backbone: str, batch_size: int, epochs: int, tracking: s
     mlflow.set_tracking_uri(tracking)
     config = TrainConfig(data=data.source, backbone=backbone, batch_size=batch_size,
                          max_epochs=epochs, patience=epochs, image_size=data.image_size,
-                         augment=False)
+                         augment="none")
     started = time.perf_counter()
     timer = EpochTimer(len(data.splits["train"]), started)
     with mlflow.start_run() as run:

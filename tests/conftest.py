@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import make_experiment, write_image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -238,3 +238,23 @@ def sqlite_store(folder: Path, experiment_name: str) -> Iterator[SimpleNamespace
             yield SimpleNamespace(uri=uri, experiment=experiment, folder=folder)
         finally:
             mlflow.set_tracking_uri(None)
+
+
+# A run small enough for any test: the paper's CNN at 32 px on the synthetic cells.
+TINY = {"backbone": "Asghar2022CNN", "learning_rate": "0.001", "image_size": 32,
+        "max_epochs": 2, "augment": "none", "crop": "none", "tta": "flips"}
+
+
+def train_tiny(experiment_id: str, **overrides):
+    """Train a tiny model in process in a new run of `experiment_id`; (run id, TrainResult)."""
+    import mlflow
+
+    from leukoml.config import TrainConfig
+    from leukoml.data import prepare_dataset
+    from leukoml.training import train_and_log
+
+    config = TrainConfig(**{**TINY, **overrides})
+    data = prepare_dataset(config.data_spec())
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        result = train_and_log(config, data)
+    return run.info.run_id, result

@@ -7,8 +7,8 @@ import socket
 
 import keras
 import pytest
-
 from helpers import REPO
+
 from leukoml.backbones import BACKBONES, TIERS, check_weights, get_backbone, list_backbones
 from leukoml.errors import LeukomlError
 
@@ -79,7 +79,7 @@ def test_every_backbone_builds_flat_at_its_minimum_size(name):
 
     entry = get_backbone(name)
     keras.backend.clear_session()
-    model = build_classifier(name, num_classes=5, image_size=entry.min_size, weights="none")
+    model = build_classifier(entry, num_classes=5, image_size=entry.min_size, weights="none")
     assert model.input_shape == (None, entry.min_size, entry.min_size, 3)
     assert model.output_shape == (None, 5)
     # one flat graph: the backbone's layers sit in the classifier itself (a few
@@ -90,13 +90,13 @@ def test_every_backbone_builds_flat_at_its_minimum_size(name):
     assert not isinstance(model.layers[first_head - 1], keras.Model)
     assert model.get_layer(LOGITS_LAYER).output.shape[-1] == 5
     with pytest.raises(LeukomlError, match="minimum"):
-        build_classifier(name, num_classes=5, image_size=entry.min_size - 1)
+        build_classifier(entry, num_classes=5, image_size=entry.min_size - 1)
 
 
 def test_from_scratch_models_get_a_batch_norm_momentum_that_tracks():
     from leukoml.backbones.classifier import FROM_SCRATCH_BN_MOMENTUM, build_classifier
 
-    model = build_classifier("MobileNetV3Small", 3, 32, weights="none")
+    model = build_classifier(get_backbone("MobileNetV3Small"), 3, 32, weights="none")
     momenta = {layer.momentum for layer in model.layers
                if isinstance(layer, keras.layers.BatchNormalization)}
     assert momenta == {FROM_SCRATCH_BN_MOMENTUM}
@@ -105,7 +105,7 @@ def test_from_scratch_models_get_a_batch_norm_momentum_that_tracks():
 def test_frozen_base_leaves_only_the_head_trainable():
     from leukoml.backbones.classifier import build_classifier
 
-    model = build_classifier("MobileNetV2", 4, 32, freeze_base=True)
+    model = build_classifier(get_backbone("MobileNetV2"), 4, 32, freeze_base=True)
     trainable = {w.path.split("/")[0] for w in model.trainable_weights}
     assert trainable == {"head_logits"}
 
@@ -113,7 +113,7 @@ def test_frozen_base_leaves_only_the_head_trainable():
 def test_asghar_cnn_is_the_papers_model():
     from leukoml.backbones.classifier import build_classifier
 
-    model = build_classifier("Asghar2022CNN", 4, 100)
+    model = build_classifier(get_backbone("Asghar2022CNN"), 4, 100)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     pools = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
     assert [c.filters for c in convs] == [32, 64, 64]
@@ -141,5 +141,5 @@ def test_imagenet_weights_offline_fail_with_the_cache_folder_and_the_none_option
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     with pytest.raises(LeukomlError, match=r"weights: none") as info:
-        build_classifier("MobileNetV3Small", 3, 32, weights="imagenet")
+        build_classifier(get_backbone("MobileNetV3Small"), 3, 32, weights="imagenet")
     assert str(tmp_path / "keras" / "models") in str(info.value)

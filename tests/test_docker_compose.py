@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-
 from helpers import REPO
 
 DOCKER = REPO / "docker"

@@ -12,11 +12,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from leukoml import names
-from leukoml.backbones.classifier import HEAD_PREFIX, build_classifier, preprocess_fn
-from leukoml.data import SYNTHETIC_CLASSES, prepare_dataset, render_cell
+from leukoml.backbones import get_backbone
+from leukoml.backbones.classifier import HEAD_PREFIX, build_classifier
+from leukoml.data import SYNTHETIC_CLASSES, DataSpec, prepare_dataset, render_cell
 from leukoml.errors import LeukomlError
 from leukoml.explain import (
-    TRACE_FROM_BATCHES,
     DegenerateHeatmapWarning,
     GradCam,
     explain_images,
@@ -24,6 +24,7 @@ from leukoml.explain import (
     log_gradcam,
     overlay,
 )
+from leukoml.explain.core import TRACE_FROM_BATCHES
 
 # One backbone per family at a tiny input: the family's minimum size or a bit
 # more. Most end in 1x1 maps there, which exercises the step back to the last
@@ -65,7 +66,7 @@ def assert_heatmap(heatmap, size: int) -> None:
 @pytest.mark.parametrize(("backbone", "size"), FAMILIES)
 def test_gradcam_per_family(backbone, size):
     keras.utils.set_random_seed(0)
-    model = build_classifier(backbone, 3, size, weights="none")
+    model = build_classifier(get_backbone(backbone), 3, size, weights="none")
 
     layer_name = find_target_layer(model)
     layer = model.get_layer(layer_name)
@@ -77,7 +78,7 @@ def test_gradcam_per_family(backbone, size):
     if np.prod(feeder.output.shape[1:3]) > 1:
         assert layer_name == feeder.name
 
-    explanation = GradCam(model, backbone).explain(cells(size))
+    explanation = GradCam(model).explain(cells(size))
     for heatmap in explanation.heatmaps:
         assert_heatmap(heatmap, size)
     assert explanation.probabilities.sum(axis=1) == pytest.approx(1.0, abs=1e-5)
@@ -88,16 +89,15 @@ def test_gradcam_per_family(backbone, size):
 @pytest.fixture(scope="module")
 def small_cnn():
     keras.utils.set_random_seed(0)
-    return build_classifier("Asghar2022CNN", 3, 32, weights="none")
+    return build_classifier(get_backbone("Asghar2022CNN"), 3, 32, weights="none")
 
 
 def test_probabilities_match_the_model_and_batches_do_not_mix(small_cnn):
     images = cells(32, TRACE_FROM_BATCHES + 1)
-    explainer = GradCam(small_cnn, "Asghar2022CNN")
+    explainer = GradCam(small_cnn)
     traced = explainer.explain(images, batch_size=1)  # enough batches for the traced step
     eager = explainer.explain(images, batch_size=4)
-    preprocessed = preprocess_fn("Asghar2022CNN")(images.astype("float32"))
-    expected = small_cnn.predict(preprocessed, verbose=0)
+    expected = small_cnn.predict(images.astype("float32"), verbose=0)
     np.testing.assert_allclose(traced.probabilities, expected, atol=1e-5)
     np.testing.assert_allclose(eager.probabilities, expected, atol=1e-5)
     for a, b in zip(traced.heatmaps, eager.heatmaps):
@@ -106,7 +106,7 @@ def test_probabilities_match_the_model_and_batches_do_not_mix(small_cnn):
 
 def test_heatmap_explains_the_requested_class(small_cnn):
     images = cells(32, 2)
-    explainer = GradCam(small_cnn, "Asghar2022CNN")
+    explainer = GradCam(small_cnn)
     first = explainer.explain(images, classes=[0, 0])
     second = explainer.explain(images, classes=[1, 1])
     np.testing.assert_array_equal(first.classes, [0, 0])
@@ -136,14 +136,14 @@ def tiny_model(kernel: np.ndarray, size: int = 8) -> keras.Model:
 def test_all_zero_and_nan_heatmaps_are_warned_about_not_drawn():
     ramp = np.repeat(np.linspace(0, 255, 8, dtype=np.uint8)[None, :, None], 8, axis=0)
     images = np.stack([np.zeros((8, 8, 3), np.uint8), np.repeat(ramp, 3, axis=2)])
-    explainer = GradCam(tiny_model(np.ones((1, 1, 3, 1), "float32")), "Asghar2022CNN")
+    explainer = GradCam(tiny_model(np.ones((1, 1, 3, 1), "float32")))
     assert explainer.layer_name == "features"
     with pytest.warns(DegenerateHeatmapWarning, match=r"1 of 2 image\(s\) \(positions \[0\]"):
         explanation = explainer.explain(images)
     assert explanation.heatmaps[0] is None  # black image: no activation anywhere
     assert_heatmap(explanation.heatmaps[1], 8)
 
-    broken = GradCam(tiny_model(np.full((1, 1, 3, 1), np.nan, "float32")), "Asghar2022CNN")
+    broken = GradCam(tiny_model(np.full((1, 1, 3, 1), np.nan, "float32")))
     with pytest.warns(DegenerateHeatmapWarning, match="2 of 2"):
         assert broken.explain(images).heatmaps == [None, None]
 
@@ -160,10 +160,11 @@ def test_layer_choice_refuses_models_it_cannot_explain():
 
 def test_frozen_backbone_still_gets_a_heatmap():
     keras.utils.set_random_seed(0)
-    frozen = build_classifier("Asghar2022CNN", 3, 32, weights="none", freeze_base=True)
+    frozen = build_classifier(get_backbone("Asghar2022CNN"), 3, 32, weights="none",
+                              freeze_base=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateHeatmapWarning)
-        explanation = GradCam(frozen, "Asghar2022CNN").explain(cells(32, 2))
+        explanation = GradCam(frozen).explain(cells(32, 2))
     for heatmap in explanation.heatmaps:
         assert_heatmap(heatmap, 32)
 
@@ -189,23 +190,23 @@ def test_overlay_blends_the_colour_map_on_the_image():
 @pytest.fixture(scope="module")
 def trained_on_synthetic():
     """Asghar2022CNN fitted for a few steps on 32 px synthetic cells."""
-    data = prepare_dataset("synthetic:per_class=20,size=32", image_size=32)
+    data = prepare_dataset(DataSpec("synthetic:per_class=20,size=32", image_size=32))
     keras.utils.set_random_seed(0)
-    model = build_classifier("Asghar2022CNN", len(data.class_names), 32, weights="none")
+    model = build_classifier(get_backbone("Asghar2022CNN"), len(data.class_names), 32,
+                             weights="none")
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy())
-    preprocess = preprocess_fn("Asghar2022CNN")
     train = data.splits["train"]
-    model.fit(preprocess(data.images[train].astype("float32")), data.labels[train],
+    model.fit(data.images[train].astype("float32"), data.labels[train],
               epochs=3, batch_size=16, verbose=0)
-    test_images = preprocess(data.images[data.splits["test"]].astype("float32"))
+    test_images = data.images[data.splits["test"]].astype("float32")
     return model, data, model.predict(test_images, verbose=0)
 
 
 def test_log_gradcam_logs_small_png_grids_to_the_active_run(tracking_uri, trained_on_synthetic):
     model, data, probabilities = trained_on_synthetic
     with mlflow.start_run() as run:
-        logged = log_gradcam(model, data, probabilities, "Asghar2022CNN", per_class=2)
+        logged = log_gradcam(model, data, probabilities, per_class=2)
 
     client = MlflowClient()
     assert client.get_run(run.info.run_id).data.tags[names.TAG_GRADCAM_LAYER] == logged.layer
@@ -223,9 +224,9 @@ def test_log_gradcam_logs_small_png_grids_to_the_active_run(tracking_uri, traine
 def test_log_gradcam_refuses_bad_arguments(trained_on_synthetic):
     model, data, probabilities = trained_on_synthetic
     with pytest.raises(LeukomlError, match="target 'label' is not one of predicted, true"):
-        log_gradcam(model, data, probabilities, "Asghar2022CNN", target="label")
+        log_gradcam(model, data, probabilities, target="label")
     with pytest.raises(ValueError, match="do not match the test split"):
-        log_gradcam(model, data, probabilities[1:], "Asghar2022CNN")
+        log_gradcam(model, data, probabilities[1:])
 
 
 def test_explain_images_writes_one_png_per_readable_file(small_cnn, tmp_path):
@@ -238,23 +239,23 @@ def test_explain_images_writes_one_png_per_readable_file(small_cnn, tmp_path):
     class_names = ["x", "y", "z"]
 
     with pytest.warns(UserWarning, match="broken.png"):
-        written = explain_images(small_cnn, "Asghar2022CNN", class_names, 32, folder, out)
+        written = explain_images(small_cnn, class_names, 32, folder, out)
     assert written == [out / "a.png.gradcam.png", out / "more" / "b.jpg.gradcam.png"]
     for path in written:
         with Image.open(path) as picture:
             assert picture.format == "PNG"
 
-    single = explain_images(small_cnn, "Asghar2022CNN", class_names, 32, folder / "a.png",
+    single = explain_images(small_cnn, class_names, 32, folder / "a.png",
                             tmp_path / "single")
     assert single == [tmp_path / "single" / "a.png.gradcam.png"] and single[0].is_file()
 
     with pytest.raises(LeukomlError, match="neither an image file nor a folder"):
-        explain_images(small_cnn, "Asghar2022CNN", class_names, 32, tmp_path / "nope", out)
+        explain_images(small_cnn, class_names, 32, tmp_path / "nope", out)
     with pytest.raises(LeukomlError, match="2 class names given for a model with 3 outputs"):
-        explain_images(small_cnn, "Asghar2022CNN", class_names[:2], 32, folder, out)
+        explain_images(small_cnn, class_names[:2], 32, folder, out)
     with pytest.raises(LeukomlError, match="image_size 64 does not match"):
-        explain_images(small_cnn, "Asghar2022CNN", class_names, 64, folder, out)
+        explain_images(small_cnn, class_names, 64, folder, out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(LeukomlError, match="none of the files"):
-            explain_images(small_cnn, "Asghar2022CNN", class_names, 32, folder / "broken.png", out)
+            explain_images(small_cnn, class_names, 32, folder / "broken.png", out)

@@ -12,27 +12,26 @@ import time
 
 import mlflow
 import pytest
+from helpers import postgres_server, sqlite_store, train_tiny
 from mlflow import MlflowClient
 from PIL import Image
 
-from helpers import postgres_server, sqlite_store
 from leukoml import names
-from leukoml.config import TrainConfig
-from leukoml.data import SYNTHETIC_CLASSES, prepare_dataset, render_cell
+from leukoml.data import SYNTHETIC_CLASSES, DataSpec, prepare_dataset, render_cell
 from leukoml.errors import LeukomlError
+from leukoml.locks import advisory_key, lock_path
 from leukoml.registry import (
     CANDIDATE,
     CHAMPION,
     TAG_CANDIDATE_F1,
     TAG_CHAMPION_F1,
     TAG_DECISION,
+    TAG_DISTINGUISHABLE,
     TAG_REASON,
-    advisory_key,
-    lock_path,
     promote,
     promotion_lock,
 )
-from leukoml.serving import serving_model_uri
+from leukoml.serving import find_serving_model
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +43,12 @@ def store(tmp_path_factory):
 
 def train(store, **overrides) -> str:
     """Train a tiny model in process and return its finished run id."""
-    from leukoml.training import train_and_log
-
-    config = TrainConfig(**{"image_size": 32, "augment": False, **overrides})
-    data = prepare_dataset(config.data, config.image_size, seed=config.seed)
-    with mlflow.start_run(experiment_id=store.experiment) as run:
-        train_and_log(config, data)
-    return run.info.run_id
+    return train_tiny(store.experiment, **overrides)[0]
 
 
 @pytest.fixture(scope="module")
 def weak(store):
-    return train(store, learning_rate=1e-6, max_epochs=1)  # cannot learn: one class for all
+    return train(store, learning_rate="1e-6", max_epochs=1)  # cannot learn: one class for all
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +109,8 @@ def test_a_better_candidate_takes_the_champion_alias(store, weak, strong):
     assert result.candidate_f1 > result.champion_f1
     tags = version_tags("better", result.version)
     assert tags[TAG_REASON].startswith("better: test macro-F1")
+    # a model at chance against a trained one: the paired interval excludes zero
+    assert tags[TAG_DISTINGUISHABLE] == "true" and "(distinguishable)" in tags[TAG_REASON]
     assert float(tags[TAG_CHAMPION_F1]) == pytest.approx(result.champion_f1, abs=1e-6)
 
 
@@ -152,21 +147,19 @@ def test_models_of_other_classes_are_not_compared(store, strong, three_classes):
 
 def test_images_the_champion_trained_on_are_left_out(store, weak, strong):
     """A champion with another split has trained on most of the candidate's test images."""
-    other_split = train(store, learning_rate=1e-6, max_epochs=1, seed=1)
+    other_split = train(store, learning_rate="1e-6", max_epochs=1, seed=1)
     promote(other_split, "overlap")
     result = promote(strong, "overlap")
-    ours = prepare_dataset("synthetic", 40, seed=0)
-    theirs = prepare_dataset("synthetic", 32, seed=1)
+    ours = prepare_dataset(DataSpec("synthetic", 40, seed=0))
+    theirs = prepare_dataset(DataSpec("synthetic", 32, seed=1))
     seen = {theirs.files[i] for split in ("train", "val") for i in theirs.splits[split]}
     unseen = [i for i in ours.splits["test"] if ours.files[i] not in seen]
     assert 0 < result.eval_images == len(unseen) < len(ours.splits["test"])
-    assert f"({len(ours.splits['test']) - len(unseen)} the champion trained on left out)" in (
+    assert f"; {len(ours.splits['test']) - len(unseen)} images the champion trained on left out" in (
         result.reason)
 
 
 def test_racing_promotions_leave_the_better_model_as_champion(store, weak, medium, strong):
-    for run in (weak, medium, strong):  # log the pyfuncs first: the race is about the alias
-        serving_model_uri(run)
     promote(weak, "race")
     start, results, errors = threading.Barrier(2), {}, []
 
@@ -194,7 +187,7 @@ def test_a_waiting_promotion_rereads_the_champion_after_taking_the_lock(
         store, weak, medium, strong, tmp_path):
     lock_url = str(tmp_path / "optuna.journal")
     promote(weak, "reread", lock_url=lock_url)
-    better = mlflow.register_model(serving_model_uri(strong), "reread").version
+    better = mlflow.register_model(find_serving_model(strong), "reread").version
     client, out = MlflowClient(), []
     with promotion_lock(lock_url, "reread"):
         waiting = threading.Thread(target=lambda: out.append(
@@ -218,18 +211,19 @@ def test_a_waiting_promotion_rereads_the_champion_after_taking_the_lock(
 
 
 def test_lock_paths(tmp_path, isolated_cache):
-    assert lock_path(None, "wbc/x y") == isolated_cache / "locks" / "promote-wbc_x_y.lock"
+    assert lock_path(None, "promote-wbc/x y") == isolated_cache / "locks" / "promote-wbc_x_y.lock"
     db = tmp_path / "mlflow.db"
-    assert lock_path(f"sqlite:///{db}", "m") == tmp_path / "mlflow.db.promote-m.lock"
-    assert lock_path(str(tmp_path / "s.journal"), "m") == tmp_path / "s.journal.promote-m.lock"
-    with pytest.raises(LeukomlError, match="lock_url: unsupported scheme in mysql://"):
+    assert lock_path(f"sqlite:///{db}?timeout=30", "m") == tmp_path / "mlflow.db.m.lock"
+    assert lock_path(str(tmp_path / "s.journal"), "m") == tmp_path / "s.journal.m.lock"
+    assert lock_path(f"journal:{tmp_path / 's.log'}", "m") == tmp_path / "s.log.m.lock"
+    with pytest.raises(LeukomlError, match="lock: unsupported scheme in mysql://"):
         lock_path("mysql://user:secret@host/db", "m")
 
 
 def test_the_file_lock_excludes_other_threads_until_released(tmp_path):
     url, got = f"sqlite:///{tmp_path / 'mlflow.db'}", []
     with promotion_lock(url, "m"):
-        with pytest.raises(LeukomlError, match=r"promotion lock .* still held after 0 s"):
+        with pytest.raises(LeukomlError, match=r"lock 'promote-m' .* still held after 0 s"):
             with promotion_lock(url, "m", timeout=0.3):
                 pass
         other = threading.Thread(target=lambda: _hold(promotion_lock(url, "m"), got))
@@ -279,4 +273,4 @@ def test_the_postgres_advisory_lock_excludes_other_sessions(postgres_url):
             pass
     other.join(10)
     assert got == ["held"]
-    assert advisory_key("m") != advisory_key("other-model")
+    assert advisory_key("promote-m") != advisory_key("promote-other-model")

@@ -8,8 +8,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from leukoml import names
+from leukoml.names import SURPLUS_ATTR
 from leukoml.report import build_report, leaderboard
-from leukoml.search import SURPLUS_ATTR
 
 CLASSES = ["basophil", "eosinophil", "lymphocyte"]
 

@@ -12,21 +12,19 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import sqlite_store, train_tiny
 from PIL import Image
 
-from helpers import sqlite_store
 from leukoml import names
-from leukoml.config import TrainConfig
-from leukoml.data import SYNTHETIC_CLASSES, decode_image, prepare_dataset, render_cell
+from leukoml.data import SYNTHETIC_CLASSES, DataSpec, decode_image, prepare_dataset, render_cell
 from leukoml.errors import LeukomlError
 from leukoml.serving import (
     INPUT_COLUMN,
     RequestError,
+    find_serving_model,
     load_served_model,
-    log_serving_model,
     output_columns,
-    run_config,
-    serving_model_uri,
+    serving_config,
 )
 
 SIZE = 32
@@ -43,15 +41,10 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(store):
     """One tiny trained run, its serving pyfunc logged and loaded."""
-    from leukoml.training import train_and_log
-
-    config = TrainConfig(image_size=SIZE, max_epochs=2, augment=False)
-    data = prepare_dataset(config.data, SIZE, seed=config.seed)
-    with mlflow.start_run(experiment_id=store.experiment) as run:
-        train_and_log(config, data)
-    uri = log_serving_model(run.info.run_id)
-    return SimpleNamespace(run_id=run.info.run_id, uri=uri, data=data,
-                           pyfunc=mlflow.pyfunc.load_model(uri))
+    run_id, result = train_tiny(store.experiment, image_size=SIZE)
+    data = prepare_dataset(DataSpec.from_run(run_id))
+    return SimpleNamespace(run_id=run_id, uri=result.model_uri, data=data,
+                           pyfunc=mlflow.pyfunc.load_model(result.model_uri))
 
 
 def encode(data: bytes) -> str:
@@ -74,55 +67,55 @@ def test_logged_with_signature_input_example_code_and_requirements(served):
     meta = mlflow.models.Model.load(served.uri)
     assert meta.signature.inputs.input_names() == [INPUT_COLUMN]
     assert meta.signature.inputs.inputs[0].type.name == "string"
-    assert meta.signature.outputs.input_names() == ["label", "confidence", *PROBS]
+    assert meta.signature.outputs.input_names() == ["label", "confidence", "low_confidence",
+                                                    *PROBS]
     local = mlflow.artifacts.download_artifacts(served.uri)
     example = meta.load_input_example(local)
     assert list(example.columns) == [INPUT_COLUMN]
     assert served.pyfunc.predict(example)["label"].iloc[0] in SYNTHETIC_CLASSES
-    assert os.path.isfile(os.path.join(local, "code", "leukoml", "serving.py"))
+    assert os.path.isfile(os.path.join(local, "code", "leukoml", "serving", "runtime.py"))
     requirements = open(os.path.join(local, "requirements.txt")).read()
     for package in ("tensorflow==", "keras==", "pillow==", "mlflow=="):
         assert package in requirements
 
 
-def test_tags_name_the_run_data_and_scores(served):
+def test_the_logged_model_carries_its_config_and_test_metrics(served):
     model = mlflow.get_logged_model(served.uri.removeprefix("models:/"))
     run = mlflow.get_run(served.run_id)
     assert model.source_run_id == served.run_id
-    assert model.tags[names.BACKBONE] == "Asghar2022CNN"
-    assert model.tags[names.DATASET_FINGERPRINT] == run.data.params[names.DATASET_FINGERPRINT]
-    assert json.loads(model.tags[names.CLASS_NAMES]) == list(SYNTHETIC_CLASSES)
-    assert float(model.tags[names.TEST_MACRO_F1]) == pytest.approx(
-        run.data.metrics[names.TEST_MACRO_F1])
-
-
-def test_the_logged_pyfunc_is_reused(served):
-    assert serving_model_uri(served.run_id) == served.uri
+    config = serving_config(served.uri)
+    assert (config.backbone, config.image_size) == ("Asghar2022CNN", SIZE)
+    assert config.class_names == list(SYNTHETIC_CLASSES)
+    metrics = {m.key: m.value for m in model.metrics}
+    assert metrics[names.TEST_MACRO_F1] == pytest.approx(run.data.metrics[names.TEST_MACRO_F1])
+    assert metrics[names.ci_low(names.TEST_ACCURACY)] <= metrics[names.TEST_ACCURACY]
+    assert find_serving_model(served.run_id) == served.uri
 
 
 def test_predictions_match_the_training_pipeline(served):
-    """Raw files through the pyfunc == decode cache through training's tf.data feed."""
-    from leukoml.backbones.classifier import preprocess_fn
-    from leukoml.data.tfdata import make_dataset
-
+    """Raw files through the pyfunc == the decode cache training evaluated on, and the
+    served probabilities are the calibrated average over the logged TTA views."""
     data = served.data
     test = data.splits["test"][:20]
-    keras_model = mlflow.keras.load_model(f"runs:/{served.run_id}/{names.MODEL_ARTIFACT}",
-                                          load_model_kwargs={"compile": False})
-    feed = make_dataset(data.images, data.labels, test, 32, preprocess_fn("Asghar2022CNN"))
-    expected = keras_model.predict(feed, verbose=0)
+    model = served.pyfunc.unwrap_python_model()
+    assert (model.config.members[0].tta, model.config.members[0].crop) == ("flips", "none")
+    expected = model.probabilities(np.asarray(data.images[test]))
     files = [(data.root / data.files[i]).read_bytes() for i in test]
     got = served.pyfunc.predict(frame(*files))
-    np.testing.assert_allclose(got[PROBS].to_numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(got[PROBS].to_numpy(), expected, atol=1e-6)
+    plain = model.keras_model.predict(np.asarray(data.images[test], np.float32), verbose=0)
+    assert not np.allclose(plain, expected, atol=1e-3)  # TTA and temperature changed them
     assert got["label"].tolist() == [SYNTHETIC_CLASSES[k] for k in expected.argmax(axis=1)]
 
 
 def test_output_is_label_confidence_and_probabilities_summing_to_one(served):
     out = served.pyfunc.predict(frame(*(image_file(seed=s) for s in range(4))))
-    assert list(out.columns) == ["label", "confidence", *PROBS]
+    assert list(out.columns) == ["label", "confidence", "low_confidence", *PROBS]
     probs = out[PROBS].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     np.testing.assert_allclose(out["confidence"], probs.max(axis=1))
+    threshold = served.pyfunc.unwrap_python_model().config.min_confidence
+    assert (out["low_confidence"] == (out["confidence"] < threshold)).all()
     assert out["label"].tolist() == [SYNTHETIC_CLASSES[k] for k in probs.argmax(axis=1)]
 
 
@@ -132,7 +125,7 @@ def test_any_format_size_and_mode_is_classified_as_decode_image_sees_it(served):
              image_file("TIFF", "L", size=(50, 90))]
     model = served.pyfunc.unwrap_python_model()
     pixels = np.stack([decode_image(f, SIZE) for f in files])
-    expected = model.keras_model.predict(model.model_input(pixels), verbose=0)
+    expected = model.probabilities(pixels)
     out = served.pyfunc.predict(frame(*files))
     np.testing.assert_allclose(out[PROBS].to_numpy(), expected, atol=1e-5)
 
@@ -147,7 +140,9 @@ def test_data_url_prefix_and_line_breaks_are_accepted(served):
                                out.iloc[1][PROBS].to_numpy(float))
 
 
-def test_a_batch_is_one_keras_call(served):
+def test_a_batch_is_one_keras_call_per_tta_view(served):
+    from leukoml.data.augment import TTA_VIEWS
+
     model = served.pyfunc.unwrap_python_model()
     forward, calls = model._forward, []
     model._forward = lambda x: (calls.append(int(x.shape[0])), forward(x))[1]
@@ -155,7 +150,7 @@ def test_a_batch_is_one_keras_call(served):
         out = served.pyfunc.predict(frame(*(image_file(seed=s) for s in range(16))))
     finally:
         model._forward = forward
-    assert calls == [16] and len(out) == 16
+    assert calls == [16] * TTA_VIEWS[model.config.members[0].tta] and len(out) == 16
 
 
 def _bomb() -> bytes:
@@ -214,23 +209,34 @@ def test_limits_come_from_the_model_config_and_can_be_overridden(served):
 @pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
 def test_load_served_model_from_run_and_registry_uris(served):
     version = mlflow.register_model(served.uri, "serving-test").version
-    for uri in (served.uri, f"runs:/{served.run_id}/serving_model",
+    for uri in (served.uri, f"runs:/{served.run_id}/{names.MODEL_ARTIFACT}",
                 f"models:/serving-test/{version}"):
         model = load_served_model(uri)
         assert (model.backbone, model.image_size) == ("Asghar2022CNN", SIZE)
         assert model.class_names == list(SYNTHETIC_CLASSES)
         assert tuple(model.keras_model.input_shape) == (None, SIZE, SIZE, 3)
-    with pytest.raises(LeukomlError, match="not a leukoml serving model"):
-        load_served_model(f"runs:/{served.run_id}/{names.MODEL_ARTIFACT}")
 
 
-def test_a_run_without_training_params_is_refused(store):
+def test_other_models_and_runs_without_one_are_refused(store):
+    from sklearn.dummy import DummyClassifier
+
     with mlflow.start_run(experiment_id=store.experiment) as run:
-        mlflow.log_param(names.BACKBONE, "Asghar2022CNN")
-    with pytest.raises(LeukomlError, match="has no param 'image_size'"):
-        run_config(mlflow.get_run(run.info.run_id))
+        other = mlflow.sklearn.log_model(DummyClassifier().fit([[0], [1]], [0, 1]), name="other")
+    with pytest.raises(LeukomlError, match="not a leukoml serving model"):
+        load_served_model(other.model_uri)
+    with pytest.raises(LeukomlError, match="not a leukoml serving model"):
+        serving_config(other.model_uri)
+    with pytest.raises(LeukomlError, match=f"has no logged '{names.MODEL_ARTIFACT}'"):
+        find_serving_model(run.info.run_id)
 
 
 def test_class_names_that_clash_as_columns_are_refused():
     with pytest.raises(LeukomlError, match="clashing columns"):
         output_columns(["band?", "band!"])
+
+
+def test_an_image_too_small_to_hold_a_cell_is_refused_not_labelled(served):
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), (200, 100, 200)).save(buffer, "PNG")
+    with pytest.raises(RequestError, match=r"row 1: 1x1 px is too small to hold a cell"):
+        served.pyfunc.predict(frame(image_file(), buffer.getvalue()))

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
+from leukoml import names
 from leukoml.errors import LeukomlError
 
 log = logging.getLogger("leukoml")
@@ -32,32 +34,34 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _int(text: str) -> int:
+    """An int, also from mlflow's float spelling ("32.0")."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}")
+    return int(value)
+
+
+OPTION_TYPES = {"int": _int, "float": float, "bool": _bool, "str": str, "choice": str}
+
+
+def option(name: str) -> str:
+    """The command-line option of a config field: learning_rate -> --learning-rate."""
+    return "--" + name.replace("_", "-")
+
+
 def _add_train(sub) -> None:
+    """One option per `TrainConfig` field: name, type, default and help come from it."""
     from leukoml.config import TrainConfig
 
-    defaults = TrainConfig()
-    p = sub.add_parser("train", help="train one backbone and log it to MLflow")
-    p.add_argument("--data", default=defaults.data,
-                   help="dataset folder, or 'synthetic' for the embedded generator")
-    p.add_argument("--backbone", default=defaults.backbone)
-    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--patience", type=int, default=defaults.patience)
-    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
-    p.add_argument("--image-size", type=int, default=defaults.image_size)
-    p.add_argument("--weights", default=defaults.weights, help="imagenet, none, or a weights file")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--freeze-base", type=_bool, default=defaults.freeze_base)
-    p.add_argument("--augment", type=_bool, default=defaults.augment)
-    p.add_argument("--monitor", default=defaults.monitor, help="early-stopping metric")
-    p.add_argument("--class-weight", default=defaults.class_weight, help="none or balanced")
-    p.add_argument("--mixed-precision", type=_bool, default=defaults.mixed_precision)
-    p.add_argument("--group-by", default=defaults.group_by,
-                   help="keep groups in one split: a regex with one capture group over file "
-                        "names, or a CSV with columns file,group")
-    p.add_argument("--drop-cross-split-duplicates", type=_bool,
-                   default=defaults.drop_cross_split_duplicates,
-                   help="drop train/val images that copy a test (or val) image")
+    p = sub.add_parser("train", help="train one backbone and log it to MLflow",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, (default, param) in TrainConfig.params().items():
+        p.add_argument(option(name), dest=name, type=OPTION_TYPES[param.kind], default=default,
+                       choices=param.choices or None, help=param.help)
     p.set_defaults(func=_run_train)
 
 
@@ -65,14 +69,12 @@ def _run_train(args) -> int:
     import mlflow
 
     from leukoml import names
-    from leukoml.data import prepare_dataset
     from leukoml.config import TrainConfig
+    from leukoml.data import prepare_dataset
     from leukoml.training import train_and_log
 
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.field_names()}).validated()
-    data = prepare_dataset(config.data, config.image_size, seed=config.seed,
-                           group_by=config.group_by or None,
-                           drop_cross_split_duplicates=config.drop_cross_split_duplicates)
+    data = prepare_dataset(config.data_spec())
     _warn_if_leaking(data)
     with mlflow.start_run():
         mlflow.set_tags({names.TAG_ROLE: "train", names.TAG_RUN_NAME: f"train-{config.backbone}"})
@@ -92,7 +94,7 @@ def _warn_if_leaking(data) -> None:
     if data.leakage.train_shares_images:
         bar = "!" * 78
         print(f"{bar}\nWARNING: train shares images with val/test; scores will be inflated.\n"
-              f"{data.leakage.summary_text()}\nUse split folders, --group-by or "
+              f"{data.leakage.summary_text()}\nUse split folders, --group-by siblings or "
               f"--drop-cross-split-duplicates true.\n{bar}", file=sys.stderr, flush=True)
 
 
@@ -110,7 +112,7 @@ def _add_search(sub) -> None:
                    help="reuse a name to resume or join a study (default: a new one)")
     p.add_argument("--storage", default="",
                    help="Optuna storage URL or journal file (default: sqlite:///optuna.db)")
-    p.add_argument("--model-name", default="wbc-classifier",
+    p.add_argument("--model-name", default=names.DEFAULT_MODEL_NAME,
                    help="registered model the best trial is promoted into")
     p.set_defaults(func=_run_search)
 
@@ -120,9 +122,9 @@ def _run_search(args) -> int:
 
     import mlflow
 
-    from leukoml.config import load_search_space
     from leukoml.report import format_top, log_report
-    from leukoml.search import promote_best, run_search
+    from leukoml.study import promote_best, run_search
+    from leukoml.study.space import load_search_space
 
     space = load_search_space(args.search_space)
     study_name = args.study_name or f"{Path(args.search_space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -136,9 +138,8 @@ def _run_search(args) -> int:
         print("no trial completed; nothing to promote")
         return 0
     print(f"best trial run: {outcome.best_run_id}")
-    result = promote_best(outcome, args.model_name, args.storage or None)
-    if result is not None:
-        print(f"{args.model_name} version {result.version}: "
+    for result in promote_best(outcome, args.model_name, args.storage or None, space.ensemble):
+        print(f"{args.model_name} version {result.version} (run {result.run_id}): "
               f"{'champion' if result.promoted else 'candidate only'} ({result.reason})")
     return 0
 
@@ -146,7 +147,7 @@ def _run_search(args) -> int:
 def _add_promote(sub) -> None:
     p = sub.add_parser("promote", help="register a training run's model; make it champion if better")
     p.add_argument("--run-id", required=True, help="the finished training run to promote")
-    p.add_argument("--model-name", default="wbc-classifier", help="registered model name")
+    p.add_argument("--model-name", default=names.DEFAULT_MODEL_NAME, help="registered model name")
     p.add_argument("--force", type=_bool, default=False,
                    help="make it champion even if not better or not comparable")
     p.add_argument("--lock-url", default="",
@@ -159,8 +160,9 @@ def _run_promote(args) -> int:
     import mlflow
 
     from leukoml import names
-    from leukoml.registry import promote
+    from leukoml.registry import check_promotable, promote
 
+    check_promotable(args.run_id)  # a bad run id stops here: nothing registered, no run
     with mlflow.start_run():
         mlflow.set_tags({names.TAG_ROLE: "promotion",
                          names.TAG_RUN_NAME: f"promote-{args.model_name}"})
@@ -189,14 +191,14 @@ def _run_report(args) -> int:
 
     from leukoml import names
     from leukoml.report import format_top, log_report
-    from leukoml.search import PARENT_RUN_ATTR, open_storage
+    from leukoml.study import open_storage
 
     storage = open_storage(args.storage or None)
     try:
         study = optuna.load_study(study_name=args.study_name, storage=storage)
     except KeyError:
         raise LeukomlError(f"no study named {args.study_name!r} in that storage") from None
-    parent = study.user_attrs.get(PARENT_RUN_ATTR)
+    parent = study.user_attrs.get(names.PARENT_RUN_ATTR)
     with mlflow.start_run() as run:  # this run only points at the study's parent
         mlflow.set_tags({names.TAG_ROLE: "report", names.TAG_STUDY_NAME: args.study_name,
                          names.TAG_RUN_NAME: f"report-{args.study_name}",
@@ -228,8 +230,9 @@ def _run_explain(args) -> int:
     with mlflow.start_run() as run:
         mlflow.set_tags({names.TAG_ROLE: "explain", "leukoml.model_uri": args.model_uri,
                          names.TAG_RUN_NAME: f"explain-{served.backbone}"})
-        written = explain_images(served.keras_model, served.backbone, served.class_names,
-                                 served.image_size, args.images, args.output_dir)
+        written = explain_images(served.keras_model, served.class_names, served.image_size,
+                                 args.images, args.output_dir,
+                                 crop=served.config.members[0].crop)
         mlflow.log_artifacts(args.output_dir, names.GRADCAM_DIR)
     print(f"{len(written)} Grad-CAM overlay(s) in {args.output_dir}, logged to run "
           f"{run.info.run_id} under {names.GRADCAM_DIR}/")
@@ -269,7 +272,32 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except LeukomlError as exc:
         print(f"leukoml {args.command}: error: {exc}", file=sys.stderr)
+        _discard_empty_run()
         return 2
+
+
+def _discard_empty_run() -> None:
+    """Delete the run `mlflow run` opened for us if bad input stopped us before anything was
+    logged to it: a FAILED run with nothing in it only hides the real ones."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        run = client.get_run(run_id)
+        children = client.search_runs([run.info.experiment_id],
+                                      f"tags.`{names.TAG_PARENT_RUN}` = '{run_id}'",
+                                      max_results=1)
+        if run.data.metrics or children or client.list_artifacts(run_id):
+            return
+        client.set_terminated(run_id, "FAILED")  # then `mlflow run` leaves it alone
+        client.delete_run(run_id)
+        print(f"(the empty MLflow run {run_id} that `mlflow run` opened was deleted)",
+              file=sys.stderr)
+    except Exception as exc:  # the tracking server itself may be the bad input
+        log.debug("could not delete run %s: %s", run_id, exc)
 
 
 if __name__ == "__main__":

@@ -1,348 +1,168 @@
-"""Run configuration: what one training run takes, validated in one place.
+"""`TrainConfig`: what one training run takes, declared once.
 
-Every error names the field, and is raised before any data is read or any
-model is built.
+Each field carries its help text and its kind (a `Param`), so the `train`
+command-line options, the `MLproject` train entry point (checked by a test)
+and the search-space dimensions (`leukoml.study.space`) all come from here:
+a new option is one field. `validated()` reports every problem at once,
+each naming its field, before any data is read or any model is built.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from leukoml import names
 from leukoml.backbones import check_image_size, check_weights, get_backbone
+from leukoml.data.spec import CROPS, DataSpec
 from leukoml.errors import LeukomlError
 
+AUTO = "auto"
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine", "plateau")
+AUGMENTATIONS = ("none", "flips", "cell")
+TTA = ("none", "flips", "dihedral")
 CLASS_WEIGHTS = ("none", "balanced")
+MONITORS = tuple(names.val(m) for m in names.EPOCH_METRICS)
+
+
+@dataclass(frozen=True)
+class Param:
+    """How a field is given and checked: `kind` is int, float, bool, str or choice."""
+
+    help: str
+    kind: str = "str"
+    choices: tuple[str, ...] = ()
+    low: float | None = None  # inclusive bounds of a number
+    high: float | None = None
+    searchable: bool = False  # may be a range or a list in a search space
+
+
+def _p(help: str, kind: str = "str", choices=(), low=None, high=None, searchable=False):
+    return {"param": Param(help, kind, tuple(choices), low, high, searchable)}
 
 
 @dataclass
 class TrainConfig:
     """One training run; every field is logged as an MLflow param of the same name."""
 
-    data: str = "synthetic"
-    backbone: str = "Asghar2022CNN"
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    patience: int = 5
-    max_epochs: int = 30
-    image_size: int = 64
-    weights: str = "none"
-    seed: int = 0
-    freeze_base: bool = False
-    augment: bool = True
-    monitor: str = "val_loss"
-    class_weight: str = "none"
-    mixed_precision: bool = False
-    group_by: str = ""  # regex with one capture group over file names, or a file,group CSV
-    drop_cross_split_duplicates: bool = False
+    data: str = field(default="synthetic", metadata=_p(
+        "dataset folder (class folders, optionally under train/val/test), or 'synthetic'"))
+    backbone: str = field(default="MobileNetV3Small", metadata=_p(
+        "a registered backbone (`leukoml backbones`)"))
+    learning_rate: str = field(default=AUTO, metadata=_p(
+        "peak learning rate, or 'auto': the backbone family's safe default"))
+    batch_size: int = field(default=32, metadata=_p("images per step", "int", low=1,
+                                                    searchable=True))
+    patience: int = field(default=8, metadata=_p(
+        "epochs without improvement of `monitor` before stopping", "int", low=0,
+        searchable=True))
+    max_epochs: int = field(default=40, metadata=_p("at most this many epochs", "int", low=1))
+    image_size: int = field(default=96, metadata=_p("square input size, px", "int", low=14))
+    weights: str = field(default="none", metadata=_p(
+        "'imagenet' (downloaded by Keras), 'none' (from scratch) or a weights file"))
+    seed: int = field(default=0, metadata=_p("split and initialisation seed", "int", low=0))
+    freeze_base: bool = field(default=False, metadata=_p(
+        "train the head only (with pretrained weights)", "bool"))
+    optimizer: str = field(default="adamw", metadata=_p(
+        "optimizer", "choice", OPTIMIZERS, searchable=True))
+    weight_decay: float = field(default=1e-4, metadata=_p(
+        "decoupled weight decay (adamw only)", "float", low=0, high=1, searchable=True))
+    schedule: str = field(default="cosine", metadata=_p(
+        "learning-rate schedule: constant, cosine (with warm-up) or plateau (reduce on "
+        "plateau of `monitor`)", "choice", SCHEDULES, searchable=True))
+    warmup_epochs: int = field(default=2, metadata=_p(
+        "linear warm-up epochs before the cosine decay", "int", low=0, searchable=True))
+    label_smoothing: float = field(default=0.1, metadata=_p(
+        "label smoothing of the cross-entropy", "float", low=0, high=0.5, searchable=True))
+    augment: str = field(default="cell", metadata=_p(
+        "none; flips (the 8 flips/right-angle turns); cell (flips + any-angle rotation, "
+        "zoom, colour and stain jitter)", "choice", AUGMENTATIONS, searchable=True))
+    crop: str = field(default="cell", metadata=_p(
+        "none, or cell: a square around the leukocyte (found by its stained nucleus) "
+        "before resizing, in training and serving alike", "choice", CROPS, searchable=True))
+    tta: str = field(default="dihedral", metadata=_p(
+        "test-time augmentation averaged in evaluation and serving: none, flips (4) or "
+        "dihedral (8)", "choice", TTA))
+    calibrate: bool = field(default=True, metadata=_p(
+        "fit a temperature on validation; served probabilities are calibrated", "bool"))
+    monitor: str = field(default="val_loss", metadata=_p(
+        "early-stopping and best-epoch metric", "choice", MONITORS))
+    class_weight: str = field(default="none", metadata=_p(
+        "none, or balanced (weights inverse to class frequency)", "choice", CLASS_WEIGHTS,
+        searchable=True))
+    mixed_precision: bool = field(default=False, metadata=_p(
+        "float16 compute on a GPU (ignored on a CPU)", "bool"))
+    group_by: str = field(default="siblings", metadata=_p(
+        "keep groups in one split: siblings (detected rotated/flipped/shifted copies of one "
+        "field), none, a regex with one capture group over file names, or a file,group CSV"))
+    drop_cross_split_duplicates: bool = field(default=False, metadata=_p(
+        "drop train/val images that copy a test (or val) image", "bool"))
 
-    def validated(self) -> "TrainConfig":
-        """A checked copy, or a `LeukomlError` naming the field, before any work starts."""
-        entry = get_backbone(self.backbone)
-        check_image_size(entry, self.image_size)
-        checks = {
-            "learning_rate": 0 < self.learning_rate < 10,
-            "batch_size": self.batch_size >= 1,
-            "patience": self.patience >= 0,
-            "max_epochs": self.max_epochs >= 1,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise LeukomlError(f"{key}: {getattr(self, key)!r} is out of range")
-        if self.class_weight not in CLASS_WEIGHTS:
-            raise LeukomlError(f"class_weight: {self.class_weight!r}; use one of {CLASS_WEIGHTS}")
-        monitors = {names.val(m) for m in names.EPOCH_METRICS}
-        if self.monitor not in monitors:
-            raise LeukomlError(f"monitor: {self.monitor!r}; use one of {sorted(monitors)}")
-        return TrainConfig(**{**asdict(self), "weights": check_weights(self.weights)})
+    @classmethod
+    def params(cls) -> dict[str, tuple[object, Param]]:
+        """field name -> (default, Param), in declaration order."""
+        return {f.name: (f.default, f.metadata["param"]) for f in fields(cls)}
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    def data_spec(self) -> DataSpec:
+        """The data this run trains on, as the one `DataSpec` every job shares."""
+        return DataSpec(source=self.data, image_size=self.image_size, seed=self.seed,
+                        group_by=self.group_by, crop=self.crop,
+                        drop_cross_split_duplicates=self.drop_cross_split_duplicates)
 
-# --- search spaces ---------------------------------------------------------------
+    def peak_learning_rate(self) -> float:
+        if self.learning_rate == AUTO:
+            return get_backbone(self.backbone).learning_rate
+        return float(self.learning_rate)
 
-OBJECTIVE_METRICS = tuple(names.val(m) for m in names.EPOCH_METRICS)
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
-BACKBONE_DEFAULT = "backbone_default"
+    def validated(self) -> "TrainConfig":
+        """A checked copy, or one `LeukomlError` listing every bad field."""
+        problems: list[str] = []
 
+        def check(step):
+            try:
+                return step()
+            except LeukomlError as exc:
+                problems.append(str(exc))
 
-@dataclass(frozen=True)
-class FloatRange:
-    low: float
-    high: float
-    log: bool = False
+        for name, (_, param) in self.params().items():
+            check(lambda: check_value(name, getattr(self, name), param))
+        entry = check(lambda: get_backbone(self.backbone))
+        if entry is not None and isinstance(self.image_size, int):
+            check(lambda: check_image_size(entry, self.image_size))
+        weights = check(lambda: check_weights(self.weights))
+        if self.learning_rate != AUTO:
+            try:
+                if not 0 < float(self.learning_rate) < 10:
+                    raise ValueError
+            except (TypeError, ValueError):
+                problems.append(f"learning_rate: {self.learning_rate!r}; use a number in "
+                                f"(0, 10) or '{AUTO}'")
+        spec = check(lambda: self.data_spec().validated())
+        if problems:
+            raise LeukomlError("; ".join(dict.fromkeys(problems)))
+        return replace(self, weights=weights, group_by=spec.group_by)
 
-
-@dataclass(frozen=True)
-class IntRange:
-    low: int
-    high: int
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """A validated `search_spaces/*.yaml`: what an Optuna study may sample."""
-
-    objective_metric: str
-    direction: str  # "maximize" | "minimize"
-    tiers: dict[str, tuple[str, ...]]  # tier -> backbones (only non-empty tiers)
-    image_size: int | str  # an int, or "backbone_default"
-    max_image_size: int
-    weights: str
-    freeze_base: bool
-    augment: bool
-    mixed_precision: bool
-    max_epochs: int
-    learning_rate: FloatRange | float
-    batch_size: tuple[int, ...]
-    patience: IntRange | int
-    class_weight: tuple[str, ...]
-    sampler: dict
-    pruner: dict
-    seed: int
-    n_trials: int
-    timeout: float | None
-    split: dict
-    source: str = ""  # the YAML text, logged with the study
-
-    def image_size_for(self, backbone: str) -> int:
-        """The input size a trial of `backbone` trains at."""
-        if self.image_size != BACKBONE_DEFAULT:
-            return int(self.image_size)
-        entry = get_backbone(backbone)
-        return max(entry.min_size, min(entry.default_size, self.max_image_size))
-
-    @property
-    def backbones(self) -> list[str]:
-        return [b for group in self.tiers.values() for b in group]
+    def to_params(self) -> dict[str, object]:
+        return asdict(self)
 
 
-_SEARCH_KEYS = {
-    "objective": "{metric: val_macro_f1, direction: maximize}",
-    "tiers": "{low: all, medium: [ResNet50], high: []}",
-    "image_size": "an int, or backbone_default",
-    "max_image_size": "an int (caps backbone_default)",
-    "weights": "imagenet | none | a weights file",
-    "freeze_base": "true | false",
-    "augment": "true | false",
-    "mixed_precision": "true | false (GPU only)",
-    "max_epochs": "an int",
-    "learning_rate": "{low: 1e-5, high: 1e-2, log: true} or a number",
-    "batch_size": "[16, 32, 64] or an int",
-    "patience": "{low: 3, high: 10} or an int",
-    "class_weight": "none | balanced | [none, balanced]",
-    "sampler": "{name: tpe|random|grid, seed: 42, n_startup_trials: 10}",
-    "pruner": "{name: median|hyperband|none, ...}",
-    "seed": "an int: split and initialisation seed shared by all trials",
-    "n_trials": "an int: the study's total budget (overridden by -P n_trials)",
-    "timeout": "seconds, or null",
-    "split": "{group_by: <regex or CSV>, drop_cross_split_duplicates: false}",
-}
-_SAMPLER_KEYS = {"name", "seed", "n_startup_trials"}
-_PRUNER_KEYS = {
-    "median": {"name", "n_startup_trials", "n_warmup_steps"},
-    "hyperband": {"name", "min_resource", "reduction_factor"},
-    "none": {"name"},
-}
-_SPLIT_KEYS = {"group_by", "drop_cross_split_duplicates"}
-
-
-def _fail(key: str, message: str):
-    raise LeukomlError(f"search space key '{key}': {message}")
-
-
-def _unknown(where: str, given, known) -> None:
-    extra = sorted(set(given) - set(known))
-    if extra:
-        _fail(where, f"unknown key(s) {extra}; known keys: {sorted(known)}")
-
-
-def _int(key, value, minimum=None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(key, f"expected an int, got {value!r}")
-    if minimum is not None and value < minimum:
-        _fail(key, f"must be >= {minimum}, got {value}")
-    return value
-
-
-def _number(key, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(key, f"expected a number, got {value!r}")
-    return float(value)
-
-
-def _bool_value(key, value) -> bool:
-    if not isinstance(value, bool):
-        _fail(key, f"expected true or false, got {value!r}")
-    return value
-
-
-def _range(key, value, kind):
-    if not isinstance(value, dict):
-        return kind(key, value)
-    allowed = {"low", "high", "log"} if kind is _number else {"low", "high"}
-    _unknown(key, value, allowed)
-    if "low" not in value or "high" not in value:
-        _fail(key, "a range needs both 'low' and 'high'")
-    low, high = kind(f"{key}.low", value["low"]), kind(f"{key}.high", value["high"])
-    if low > high:
-        _fail(key, f"low ({low}) > high ({high})")
-    if kind is _number:
-        log = _bool_value(f"{key}.log", value.get("log", False))
-        if log and low <= 0:
-            _fail(key, "a log range needs low > 0")
-        return FloatRange(low, high, log)
-    return IntRange(low, high)
-
-
-def _tiers(value) -> dict[str, tuple[str, ...]]:
-    from leukoml.backbones import TIERS, list_backbones
-
-    if not isinstance(value, dict) or not value:
-        _fail("tiers", "expected a mapping of tier -> 'all' or a list of backbones")
-    _unknown("tiers", value, TIERS)
-    tiers = {}
-    for tier, choice in value.items():
-        in_tier = [b.name for b in list_backbones(tier)]
-        if choice == "all":
-            chosen = in_tier
-        elif choice is None:
-            chosen = []
-        elif isinstance(choice, list) and all(isinstance(b, str) for b in choice):
-            for name in choice:
-                entry = get_backbone(name)
-                if entry.tier != tier:
-                    _fail(f"tiers.{tier}", f"{name} is in tier '{entry.tier}', not '{tier}'")
-            chosen = list(dict.fromkeys(choice))
-        else:
-            _fail(f"tiers.{tier}", f"expected 'all' or a list of backbone names, got {choice!r}")
-        if chosen:
-            tiers[tier] = tuple(chosen)
-    if not tiers:
-        _fail("tiers", "no backbone left to search: every tier is empty")
-    return tiers
-
-
-def _choices(key, value, parse) -> tuple:
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        _fail(key, "empty list")
-    return tuple(dict.fromkeys(parse(key, v) for v in items))
-
-
-def _class_weight(key, value) -> str:
-    value = "none" if value is None else value
-    if value not in CLASS_WEIGHTS:
-        _fail(key, f"{value!r}; use one of {CLASS_WEIGHTS}")
-    return value
-
-
-def parse_search_space(raw: dict, source: str = "") -> SearchSpace:
-    """Validate a loaded YAML mapping; every error names the key."""
-    if not isinstance(raw, dict):
-        raise LeukomlError("search space: expected a YAML mapping at the top level")
-    _unknown("(top level)", raw, _SEARCH_KEYS)
-
-    objective = raw.get("objective", {"metric": names.val(names.MACRO_F1)})
-    if not isinstance(objective, dict):
-        _fail("objective", "expected {metric: ..., direction: ...}")
-    _unknown("objective", objective, {"metric", "direction"})
-    metric = objective.get("metric", names.val(names.MACRO_F1))
-    if metric not in OBJECTIVE_METRICS:
-        _fail("objective.metric", f"{metric!r}; use one of {list(OBJECTIVE_METRICS)}")
-    natural = "minimize" if names.direction(metric) == "min" else "maximize"
-    direction = objective.get("direction", natural)
-    if direction not in ("maximize", "minimize"):
-        _fail("objective.direction", f"{direction!r}; use maximize or minimize")
-    if direction != natural:
-        _fail("objective.direction", f"{metric} should be {natural}d, not {direction}d")
-
-    tiers = _tiers(raw.get("tiers", {"low": "all"}))
-    image_size = raw.get("image_size", 224)
-    if image_size != BACKBONE_DEFAULT:
-        image_size = _int("image_size", image_size, minimum=14)
-    max_image_size = _int("max_image_size", raw.get("max_image_size", 224), minimum=14)
-    if image_size != BACKBONE_DEFAULT:
-        if image_size > max_image_size:
-            _fail("image_size", f"{image_size} is above max_image_size {max_image_size}")
-        for backbone in (b for group in tiers.values() for b in group):
-            entry = get_backbone(backbone)
-            if image_size < entry.min_size:
-                _fail("image_size", f"{image_size} px is below {backbone}'s minimum of "
-                                    f"{entry.min_size} px")
-    try:
-        weights = check_weights(raw.get("weights", "none") or "none")
-    except LeukomlError as exc:
-        _fail("weights", str(exc))
-
-    sampler = dict(raw.get("sampler") or {"name": "tpe"})
-    _unknown("sampler", sampler, _SAMPLER_KEYS)
-    if sampler.get("name", "tpe") not in SAMPLERS:
-        _fail("sampler.name", f"{sampler.get('name')!r}; use one of {SAMPLERS}")
-    sampler.setdefault("name", "tpe")
-    for key in ("seed", "n_startup_trials"):
-        if key in sampler:
-            _int(f"sampler.{key}", sampler[key], minimum=0)
-
-    pruner = dict(raw.get("pruner") or {"name": "median"})
-    name = pruner.setdefault("name", "median")
-    if name not in PRUNERS:
-        _fail("pruner.name", f"{name!r}; use one of {PRUNERS}")
-    _unknown(f"pruner ({name})", pruner, _PRUNER_KEYS[name])
-    for key in set(pruner) - {"name"}:
-        _int(f"pruner.{key}", pruner[key], minimum=0)
-
-    split = dict(raw.get("split") or {})
-    _unknown("split", split, _SPLIT_KEYS)
-    if "drop_cross_split_duplicates" in split:
-        _bool_value("split.drop_cross_split_duplicates", split["drop_cross_split_duplicates"])
-    if split.get("group_by") is not None and not isinstance(split["group_by"], str):
-        _fail("split.group_by", "expected a regular expression or a CSV path")
-
-    timeout = raw.get("timeout")
-    return SearchSpace(
-        objective_metric=metric,
-        direction=direction,
-        tiers=tiers,
-        image_size=image_size,
-        max_image_size=max_image_size,
-        weights=weights,
-        freeze_base=_bool_value("freeze_base", raw.get("freeze_base", False)),
-        augment=_bool_value("augment", raw.get("augment", True)),
-        mixed_precision=_bool_value("mixed_precision", raw.get("mixed_precision", False)),
-        max_epochs=_int("max_epochs", raw.get("max_epochs", 30), minimum=1),
-        learning_rate=_range("learning_rate", raw.get("learning_rate", 1e-3), _number),
-        batch_size=_choices("batch_size", raw.get("batch_size", 32),
-                            lambda k, v: _int(k, v, minimum=1)),
-        patience=_range("patience", raw.get("patience", 5), _int),
-        class_weight=_choices("class_weight", raw.get("class_weight", "none"), _class_weight),
-        sampler=sampler,
-        pruner=pruner,
-        seed=_int("seed", raw.get("seed", 0), minimum=0),
-        n_trials=_int("n_trials", raw.get("n_trials", 10), minimum=1),
-        timeout=None if timeout is None else _number("timeout", timeout),
-        split=split,
-        source=source,
-    )
-
-
-def load_search_space(path: str | Path) -> SearchSpace:
-    """Read and validate a search-space YAML file; errors name the file and key."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise LeukomlError(f"search space file {str(path)!r} not found")
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise LeukomlError(f"search space file {path}: invalid YAML: {exc}") from None
-    try:
-        return parse_search_space(raw, source=text)
-    except LeukomlError as exc:
-        raise LeukomlError(f"{path}: {exc}") from None
+def check_value(name: str, value: object, param: Param) -> None:
+    """One field's value against its `Param`; the error names the field."""
+    kind = param.kind
+    if kind == "bool" and not isinstance(value, bool):
+        raise LeukomlError(f"{name}: expected true or false, got {value!r}")
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise LeukomlError(f"{name}: expected an int, got {value!r}")
+    if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise LeukomlError(f"{name}: expected a number, got {value!r}")
+    if kind == "choice" and value not in param.choices:
+        raise LeukomlError(f"{name}: {value!r}; use one of {', '.join(param.choices)}")
+    if kind in ("int", "float"):
+        if param.low is not None and value < param.low:
+            raise LeukomlError(f"{name}: {value!r} is below {param.low:g}")
+        if param.high is not None and value > param.high:
+            raise LeukomlError(f"{name}: {value!r} is above {param.high:g}")

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import re
 
+SPLITS = ("train", "val", "test")
+# MLflow dataset-input contexts of the three splits
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+
 # --- params -----------------------------------------------------------------
 BACKBONE = "backbone"
 TIER = "tier"
@@ -34,6 +38,8 @@ SPLIT_SOURCE = "split_source"
 GROUP_BY = "group_by"
 DROP_CROSS_SPLIT_DUPLICATES = "drop_cross_split_duplicates"
 PARAM_COUNT = "param_count"
+PEAK_LEARNING_RATE = "peak_learning_rate"
+ENSEMBLE_MEMBERS = "ensemble_members"  # the trial runs an ensemble averages  # `learning_rate: auto` resolved
 
 # Hyper-parameters an Optuna trial samples; logged under these same names.
 SAMPLED_PARAMS = (TIER, BACKBONE, LEARNING_RATE, BATCH_SIZE, PATIENCE)
@@ -69,6 +75,9 @@ EPOCHS_RUN = "epochs_run"
 TRAIN_SECONDS = "train_seconds"
 COPIES_TRAIN_TEST = "data_copies_train_test"  # exact or near duplicate pairs across splits
 COPIES_TRAIN_VAL = "data_copies_train_val"
+CELLS_NOT_FOUND = "data_cells_not_found"  # crop: cell kept these images whole
+SIBLINGS_TRAIN_VAL = "data_val_images_with_train_sibling"
+SIBLINGS_TRAIN_TEST = "data_test_images_with_train_sibling"
 TEST_ACCURACY = "test_accuracy"
 TEST_BALANCED_ACCURACY = "test_balanced_accuracy"
 TEST_MACRO_F1 = "test_macro_f1"
@@ -82,11 +91,44 @@ def safe(name: str) -> str:
     return _UNSAFE.sub("_", name).strip() or "_"
 
 
-def test_per_class(kind: str, class_name: str) -> str:
-    """`test_precision_<class>`, `test_recall_<class>`, `test_f1_<class>`."""
+def per_class(prefix: str, kind: str, class_name: str) -> str:
+    """`<prefix>_precision_<class>`, `<prefix>_recall_<class>`, `<prefix>_f1_<class>`."""
     if kind not in ("precision", "recall", "f1"):
         raise ValueError(f"unknown per-class metric kind {kind!r}")
-    return f"test_{kind}_{safe(class_name)}"
+    return f"{prefix}_{kind}_{safe(class_name)}"
+
+
+def test_per_class(kind: str, class_name: str) -> str:
+    return per_class("test", kind, class_name)
+
+
+def ci_low(metric: str) -> str:
+    """The lower bound of `metric`'s 95% group-bootstrap interval."""
+    return f"{metric}_ci_low"
+
+
+def ci_high(metric: str) -> str:
+    return f"{metric}_ci_high"
+
+
+TEMPERATURE = "calibration_temperature"
+
+
+def without_tta(metric: str) -> str:
+    """A test score of the plain model, beside the served (test-time augmented) one."""
+    return f"{metric}_no_tta"
+
+
+def calibration(prefix: str, key: str, class_names: list[str]) -> str:
+    """`<prefix>_nll|brier|ece|roc_auc_macro`, `<prefix>_roc_auc_<class>` (key roc_auc_<k>)."""
+    if key.startswith("roc_auc_") and key[8:].isdigit():
+        return f"{prefix}_roc_auc_{safe(class_names[int(key[8:])])}"
+    return f"{prefix}_{key}"
+
+
+def val_test_gap(kind: str) -> str:
+    """Selected validation score minus test score: near 0 when validation predicts test."""
+    return f"val_test_gap_{kind}"
 
 
 # --- tags -------------------------------------------------------------------
@@ -95,19 +137,41 @@ TAG_ROLE = "leukoml.role"  # "train", "study", "trial", "worker", "explain", "pr
 TAG_STUDY_NAME = "study_name"
 TAG_GRADCAM_LAYER = "leukoml.gradcam_layer"
 TAG_LEAKAGE = "leukoml.leakage_warning"
+TAG_GAP_WARNING = "leukoml.val_test_gap_warning"
 TAG_OPTUNA_STUDY = "optuna.study_name"
 TAG_OPTUNA_TRIAL = "optuna.trial_number"
 TAG_OPTUNA_STATE = "optuna.state"
 TAG_BEST_TRIAL_RUN = "leukoml.best_trial_run_id"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+TAG_WORKER = "leukoml.worker"  # on a trial run: host-pid of the process that ran it
+TAG_WORKER_RUN = "leukoml.worker_run"  # on a trial run: the run of that worker process
+TAG_FAILURE = "leukoml.failure"
+TAG_STOPPED = "leukoml.stopped"
+RESUMED_AT_EPOCH = "resumed_at_epoch"  # metric: a retried trial restored this many epochs
+
+# --- Optuna study and trial attributes ------------------------------------------------
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study: the study's MLflow parent run
+RUN_ID_ATTR = "mlflow_run_id"  # trial: its MLflow run
+TICKET_ATTR = "leukoml_queued"  # trial: queued by the budget
+SURPLUS_ATTR = "leukoml_surplus"  # trial: created past the budget, never run
+PROMOTED_ATTR = "promoted_run_id"  # study: the trial run promoted last
+OBJECTIVE_ATTR = "objective_metric"  # study: the metric trials are ranked by
+ERROR_ATTR = "error"  # trial: why it failed
+STOPPED_ATTR = "stopped"  # trial: the study's deadline stopped it
+CLASS_F1_ATTR = "class_f1"  # trial: test F1 per class
+
+DEFAULT_MODEL_NAME = "wbc-classifier"
 
 # --- artifacts ----------------------------------------------------------------
 MODEL_ARTIFACT = "model"
 CONFUSION_PNG = "evaluation/confusion_matrix.png"
 CONFUSION_CSV = "evaluation/confusion_matrix.csv"
 CLASSIFICATION_REPORT = "evaluation/classification_report.json"
+RELIABILITY_PNG = "evaluation/reliability_diagram.png"
 SKIPPED_FILES = "data/skipped_files.csv"
+DATA_SPEC = "data/spec.json"
+MANIFEST = "data/manifest.csv"
 SPLIT_SIZES = "data/split_sizes.json"
 LEAKAGE_REPORT = "data/leakage_report.json"
 LEAKAGE_SUMMARY = "data/leakage_summary.txt"
@@ -120,3 +184,15 @@ SEARCH_SPACE_DIR = "search_space"
 
 def trial_run_name(number: int, backbone: str) -> str:
     return f"trial-{number}-{backbone}"
+
+
+# --- what a trial keeps in the study (user attrs): the leaderboard needs only the storage
+SELECTED_VAL_ACCURACY = best(val(ACCURACY))  # validation accuracy of the kept weights
+GAP_KINDS = ("accuracy", "macro_f1")
+TRIAL_RECORD = (
+    *TEST_SUMMARY,
+    *(bound(m) for m in (TEST_ACCURACY, TEST_MACRO_F1) for bound in (ci_low, ci_high)),
+    SELECTED_VAL_ACCURACY, ci_low(SELECTED_VAL_ACCURACY), ci_high(SELECTED_VAL_ACCURACY),
+    *(val_test_gap(kind) for kind in GAP_KINDS),
+    EPOCHS_RUN, TRAIN_SECONDS,
+)

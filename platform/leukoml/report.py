@@ -26,16 +26,16 @@ import seaborn as sns  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from leukoml import names  # noqa: E402
-from leukoml.evaluate import normalised  # noqa: E402
-from leukoml.search import RUN_ID_ATTR, SURPLUS_ATTR  # noqa: E402
+from leukoml.evaluation import plot_confusion  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 LEADERBOARD_COLUMNS = [
     "number", "state", names.TIER, names.BACKBONE, names.LEARNING_RATE, names.BATCH_SIZE,
-    names.PATIENCE, names.CLASS_WEIGHT, names.EPOCHS_RUN, "objective", *names.TEST_SUMMARY,
-    names.PARAM_COUNT, names.TRAIN_SECONDS, "run_id", "error",
+    names.PATIENCE, names.CLASS_WEIGHT, "objective", *names.TRIAL_RECORD, "leak_suspected",
+    names.PARAM_COUNT, "run_id", "error",
 ]
+GAP_WARNING = 0.05  # as training's: validation above test by more, outside its interval
 TIER_COLOURS = {"low": "#4c9f70", "medium": "#3f7cac", "high": "#c8553d"}
 
 
@@ -43,11 +43,11 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, best objective first; pruned and failed trials last.
 
     Trials a worker created past the budget and failed unrun (see
-    `search.SURPLUS_ATTR`) are not trials of the study and are left out.
+    `names.SURPLUS_ATTR`) are not trials of the study and are left out.
     """
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if trial.user_attrs.get(SURPLUS_ATTR):
+        if trial.user_attrs.get(names.SURPLUS_ATTR):
             continue
         params = dict(trial.params)
         tier = params.get(names.TIER)
@@ -58,13 +58,14 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             names.BACKBONE: params.get(f"{names.BACKBONE}_{tier}",
                                        trial.user_attrs.get(names.BACKBONE)),
             "objective": trial.value,
-            "run_id": trial.user_attrs.get(RUN_ID_ATTR),
-            "error": trial.user_attrs.get("error"),
+            "run_id": trial.user_attrs.get(names.RUN_ID_ATTR),
+            "error": trial.user_attrs.get(names.ERROR_ATTR),
         }
         for key in (names.LEARNING_RATE, names.BATCH_SIZE, names.PATIENCE, names.CLASS_WEIGHT):
             row[key] = params.get(key)
-        for key in (*names.TEST_SUMMARY, names.EPOCHS_RUN, names.TRAIN_SECONDS, names.PARAM_COUNT):
+        for key in (*names.TRIAL_RECORD, names.PARAM_COUNT):
             row[key] = trial.user_attrs.get(key)
+        row["leak_suspected"] = _leak_suspected(row)
         if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
             row[names.EPOCHS_RUN] = len(trial.intermediate_values)
         rows.append(row)
@@ -76,6 +77,16 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     frame = frame.sort_values(["_complete", "objective", "number"],
                               ascending=[True, ascending, True], na_position="last")
     return frame.drop(columns="_complete").reset_index(drop=True)
+
+
+def _leak_suspected(row: dict) -> bool | None:
+    """Validation beat test by more than GAP_WARNING, and test fell below validation's
+    95% interval: the trial was probably selected on images that leak from train."""
+    gap = row.get(names.val_test_gap("accuracy"))
+    low = row.get(names.ci_low(names.SELECTED_VAL_ACCURACY))
+    if gap is None or low is None:
+        return None
+    return bool(gap > GAP_WARNING and row[names.TEST_ACCURACY] < low)
 
 
 def format_top(board: pd.DataFrame, n: int = 10) -> str:
@@ -120,7 +131,7 @@ def plot_score_vs_params(board: pd.DataFrame) -> plt.Figure | None:
 def plot_class_f1(study: optuna.Study, board: pd.DataFrame) -> plt.Figure | None:
     """Per-class test F1, trials x classes: which classes each backbone confuses."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    rows = {_label(row): trials[row["number"]].user_attrs.get("class_f1")
+    rows = {_label(row): trials[row["number"]].user_attrs.get(names.CLASS_F1_ATTR)
             for _, row in _complete(board).iterrows()}
     rows = {k: v for k, v in rows.items() if v}
     if not rows:
@@ -198,17 +209,7 @@ def plot_best_confusion(run_id: str, title: str) -> plt.Figure | None:
     except Exception as exc:  # the run or its artifact is gone
         log.warning("no confusion matrix for run %s: %s", run_id, exc)
         return None
-    confusion = pd.read_csv(path, index_col=0)
-    n = len(confusion)
-    fig, ax = plt.subplots(figsize=(0.8 * n + 3, 0.7 * n + 2.2), constrained_layout=True)
-    sns.heatmap(normalised(confusion), annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1,
-                square=True, ax=ax, cbar_kws={"label": "share of the true class"})
-    ax.set_title(title)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.tick_params(axis="x", labelrotation=45)
-    ax.tick_params(axis="y", labelrotation=0)
-    return fig
+    return plot_confusion(pd.read_csv(path, index_col=0), title, counts=False)
 
 
 # --- assembling -----------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def _gradcam_pngs(run_id: str) -> dict[str, bytes]:
 def build_report(study: optuna.Study) -> tuple[pd.DataFrame, dict[str, bytes], str]:
     """(leaderboard, {file name: PNG bytes}, report.html) for `study`."""
     board = leaderboard(study)
-    metric = study.user_attrs.get("objective_metric", "objective")
+    metric = study.user_attrs.get(names.OBJECTIVE_ATTR, "objective")
     figures = {
         "score_vs_params.png": plot_score_vs_params(board),
         "per_class_f1.png": plot_class_f1(study, board),

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from helpers import find_free_port, server_process
 
 SERVE_START_TIMEOUT = 240  # seconds: TensorFlow import and model load on a busy 2-core box

@@ -22,17 +22,13 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import REPO, postgres_server, stop_process_group, tail, tracking_server
 from mlflow.tracking import MlflowClient
 
-from helpers import REPO, postgres_server, stop_process_group, tail, tracking_server
 from leukoml import names
-from leukoml.search import (
-    PARENT_RUN_ATTR,
-    RUN_ID_ATTR,
-    SURPLUS_ATTR,
-    budget_used,
-    rdb_url,
-)
+from leukoml.locks import rdb_url
+from leukoml.names import PARENT_RUN_ATTR, RUN_ID_ATTR, SURPLUS_ATTR
+from leukoml.study import budget_used
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -63,7 +59,7 @@ def search_space(path: Path, n_trials: int) -> str:
     path.write_text(yaml.safe_dump({
         "objective": {"metric": "val_macro_f1", "direction": "maximize"},
         "tiers": {"low": ["Asghar2022CNN"]},
-        "image_size": 32, "max_image_size": 32, "weights": "none", "augment": False,
+        "image_size": 32, "max_image_size": 32, "weights": "none", "augment": "none",
         "max_epochs": 2, "learning_rate": {"low": 3e-3, "high": 1e-2, "log": True},
         "batch_size": [32], "patience": 2,
         "sampler": {"name": "random", "seed": 5}, "pruner": {"name": "none"},
@@ -136,9 +132,10 @@ def check_promoted_once(client: MlflowClient, study: optuna.Study, model: str) -
 
 _ELECTION = """
 import json, sys, time
-from leukoml.config import load_search_space
+from leukoml.study import load_search_space
 import leukoml.registry  # imported before the start line, as open_storage needs it
-from leukoml.search import _open_study, fill_queue, open_storage
+from leukoml.study import fill_queue, open_storage
+from leukoml.study.search import _open_study
 url, space, start, me = sys.argv[1:5]
 while time.time() < float(start):
     time.sleep(0.005)

@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from helpers import REPO, run_cli, sqlite_store, train_tiny
 from PIL import Image
 
-from helpers import REPO, run_cli, sqlite_store
-from leukoml.config import TrainConfig
-from leukoml.data import SYNTHETIC_CLASSES, prepare_dataset, render_cell
+from leukoml.data import SYNTHETIC_CLASSES, DataSpec, prepare_dataset, render_cell
 
 pytestmark = pytest.mark.e2e
 
@@ -29,18 +28,14 @@ INJECTED = "<script>alert(1)</script>"
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     """A tiny trained run, promoted to champion through the MLproject entry point."""
-    from leukoml.training import train_and_log
-
     with sqlite_store(tmp_path_factory.mktemp("serve-http"), "serve-http") as store:
-        config = TrainConfig(image_size=32, max_epochs=2, augment=False)
-        data = prepare_dataset(config.data, config.image_size, seed=config.seed)
-        with mlflow.start_run(experiment_id=store.experiment) as run:
-            train_and_log(config, data)
+        run_id, _ = train_tiny(store.experiment)
+        data = prepare_dataset(DataSpec.from_run(run_id))
         proc = run_cli(["mlflow", "run", str(REPO), "-e", "promote", "--env-manager", "local",
-                        "--experiment-id", store.experiment, "-P", f"run_id={run.info.run_id}",
+                        "--experiment-id", store.experiment, "-P", f"run_id={run_id}",
                         "-P", f"model_name={MODEL}"], env={"MLFLOW_TRACKING_URI": store.uri})
         assert proc.returncode == 0, proc.stderr[-4000:]
-        assert f"{MODEL} version 1 (run {run.info.run_id}) is the champion" in proc.stdout
+        assert f"{MODEL} version 1 (run {run_id}) is the champion" in proc.stdout
         yield SimpleNamespace(uri=store.uri, folder=store.folder, data=data,
                               pyfunc=mlflow.pyfunc.load_model(f"models:/{MODEL}@champion"))
 

@@ -15,6 +15,18 @@ from pathlib import Path
 from leukoml.errors import LeukomlError
 
 TIERS = ("low", "medium", "high")
+# How each keras.applications module scales its input (its `preprocess_input`); the
+# classifier builds this into the model, so every caller feeds raw RGB in [0, 255].
+PREPROCESS = {
+    "vgg16": "caffe", "vgg19": "caffe", "resnet50": "caffe", "resnet": "caffe",
+    "resnet_v2": "tf", "mobilenet": "tf", "mobilenet_v2": "tf", "inception_v3": "tf",
+    "inception_resnet_v2": "tf", "xception": "tf", "nasnet": "tf", "densenet": "torch",
+    "mobilenet_v3": "none", "efficientnet": "none", "efficientnet_v2": "none", "convnext": "none",
+    "leukoml": "unit",
+}
+# Peak learning rates by family. Asghar2022CNN's 124k-wide dense layer dies at 1e-3 on
+# real images (91% dead units, chance accuracy): 1e-4, the paper's own.
+LEARNING_RATES = {"default": 1e-3, "asghar2022": 1e-4}
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,22 @@ class Backbone:
     @property
     def is_keras_application(self) -> bool:
         return self.module != "leukoml"
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak learning rate `auto` means: safe from scratch with AdamW and warm-up."""
+        return LEARNING_RATES.get(self.family, LEARNING_RATES["default"])
+
+    @property
+    def learning_rate_range(self) -> tuple[float, float]:
+        """What a search samples (log-uniform) for `learning_rate: backbone_default`."""
+        return self.learning_rate / 3, self.learning_rate * 3
+
+    @property
+    def preprocess(self) -> str:
+        """Input scaling: "caffe" (BGR, mean-subtracted), "tf" ([-1, 1]), "torch"
+        ([0, 1], ImageNet-standardised), "unit" ([0, 1]) or "none" (built in)."""
+        return PREPROCESS[self.module]
 
 
 def _b(name, params_m, size, module, family, min_size=32):

@@ -1,20 +1,23 @@
 """Build a classifier from a registry entry, as ONE flat functional graph.
 
-Each backbone is built on the classifier's own input tensor, so its layers
-sit directly in the classifier (no nested `Model`); Grad-CAM can then reach
-the last convolutional feature map without "Graph disconnected" errors.
-The head keeps logits and softmax as separate layers so Grad-CAM can take
-gradients of the logits, which do not saturate like probabilities.
+The model takes raw RGB pixels in [0, 255]: the backbone's input scaling is
+built in from Keras' own layers, so training, serving, Grad-CAM and the
+ONNX/TFLite exports feed the same thing and never look the backbone up again.
+Each backbone is built on the classifier's own tensor, so its layers sit
+directly in the classifier (no nested `Model`); Grad-CAM can then reach the
+last convolutional feature map without "Graph disconnected" errors. The head
+keeps logits and softmax as separate layers so Grad-CAM can take gradients of
+the logits, which do not saturate like probabilities.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 import keras
+import numpy as np
 
-from leukoml.backbones._registry import Backbone, check_image_size, check_weights, get_backbone
+from leukoml.backbones._registry import Backbone, check_image_size, check_weights
 from leukoml.errors import LeukomlError
 
 # Keras applications ship batch-norm momentum 0.99-0.999, tuned for fine-tuning.
@@ -26,27 +29,41 @@ PROBABILITIES_LAYER = "head_probabilities"
 HEAD_PREFIX = "head_"
 
 
-def preprocess_fn(backbone: str) -> Callable:
-    """The backbone's `preprocess_input`: float RGB in [0, 255] -> model input."""
-    entry = get_backbone(backbone)
-    if not entry.is_keras_application:
-        return _scale_unit
-    return getattr(keras.applications, entry.module).preprocess_input
+PREPROCESS_PREFIX = "preprocess_"
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _scale_unit(x):
-    return x / 255.0
+def _preprocess(mode: str, x):
+    """The layers of a `preprocess_input` mode (see `Backbone.preprocess`), on tensor `x`."""
+    if mode == "unit":
+        return keras.layers.Rescaling(1 / 255.0, name=f"{PREPROCESS_PREFIX}unit")(x)
+    if mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=f"{PREPROCESS_PREFIX}tf")(x)
+    if mode == "torch":
+        x = keras.layers.Rescaling(1 / 255.0, name=f"{PREPROCESS_PREFIX}unit")(x)
+        return keras.layers.Normalization(mean=_TORCH_MEAN, variance=np.square(_TORCH_STD),
+                                          name=f"{PREPROCESS_PREFIX}torch")(x)
+    if mode == "caffe":  # RGB -> BGR as a fixed 1x1 convolution, then the ImageNet mean
+        bgr = keras.layers.Conv2D(3, 1, use_bias=True, trainable=False,
+                                  name=f"{PREPROCESS_PREFIX}caffe")
+        x = bgr(x)
+        bgr.set_weights([np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3),
+                         -np.asarray(_CAFFE_MEAN_BGR, dtype="float32")])
+        return x
+    return x
 
 
 def _keras_home() -> str:
     return os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
 
 
-def _build_base(entry: Backbone, inputs, weights: str) -> keras.Model:
+def _build_base(entry: Backbone, inputs, scaled, weights: str) -> keras.Model:
+    """The backbone on `scaled` (the scaled `inputs`), as a model from `inputs`."""
     if not entry.is_keras_application:
         from leukoml.backbones._asghar import asghar2022_features
 
-        base = keras.Model(inputs, asghar2022_features(inputs), name="asghar2022_cnn")
+        base = keras.Model(inputs, asghar2022_features(scaled), name="asghar2022_cnn")
         if weights == "imagenet":
             raise LeukomlError("weights: Asghar2022CNN has no ImageNet weights; use 'none' or a path")
         if weights != "none":
@@ -57,7 +74,7 @@ def _build_base(entry: Backbone, inputs, weights: str) -> keras.Model:
         return cls(
             include_top=False,
             weights=None if weights == "none" else weights,
-            input_tensor=inputs,
+            input_tensor=scaled,
         )
     except Exception as exc:
         if weights == "imagenet" and "fetch failure" in str(exc):
@@ -69,26 +86,31 @@ def _build_base(entry: Backbone, inputs, weights: str) -> keras.Model:
         raise
 
 
+def backbone_model(entry: Backbone, image_size: int, weights: str = "none") -> keras.Model:
+    """The backbone alone, input scaling included: what a `weights` file must fit."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    return _build_base(entry, inputs, _preprocess(entry.preprocess, inputs), weights)
+
+
 def build_classifier(
-    backbone: str,
+    entry: Backbone,
     num_classes: int,
     image_size: int,
     weights: str = "none",
     dropout: float = 0.2,
     freeze_base: bool = False,
 ) -> keras.Model:
-    """Backbone without top + pooling + dropout + softmax, one flat graph.
+    """Input scaling + backbone without top + pooling + dropout + softmax, one flat graph.
 
-    Input: a batch of preprocessed images (`preprocess_fn(backbone)` applied).
+    Input: a batch of RGB images, float32 in [0, 255].
     """
-    entry = get_backbone(backbone)
     check_image_size(entry, image_size)
     weights = check_weights(weights)
     if num_classes < 2:
         raise LeukomlError(f"a classifier needs at least 2 classes, got {num_classes}")
 
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    base = _build_base(entry, inputs, weights)
+    base = _build_base(entry, inputs, _preprocess(entry.preprocess, inputs), weights)
     if weights == "none":
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

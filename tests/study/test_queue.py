@@ -14,19 +14,18 @@ import mlflow
 import optuna
 import pytest
 
-from leukoml.config import parse_search_space
 from leukoml.errors import LeukomlError
-from leukoml.search import (
-    SURPLUS_ATTR,
-    TICKET_ATTR,
-    _Objective,
-    _work,
+from leukoml.locks import rdb_url
+from leukoml.names import SURPLUS_ATTR, TICKET_ATTR
+from leukoml.study import (
+    Objective,
     budget_used,
     fill_queue,
     heartbeat_settings,
     open_storage,
-    rdb_url,
+    parse_search_space,
 )
+from leukoml.study.search import _work
 
 WAITING, RUNNING = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
 FAIL, COMPLETE = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
@@ -83,7 +82,7 @@ def test_a_trial_past_the_budget_is_failed_unrun_and_does_not_count(tracking_uri
                                 "max_image_size": 32})
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"))
     with mlflow.start_run() as worker:
-        objective = _Objective(space, "synthetic", "s", worker.info.run_id, worker.info.run_id)
+        objective = Objective(space, "synthetic", "s", worker.info.run_id, worker.info.run_id)
         study.optimize(objective, n_trials=3, catch=(Exception,))  # nothing queued
     [trial] = study.trials  # the worker stopped at once
     assert trial.state == FAIL and trial.user_attrs[SURPLUS_ATTR] and trial.params == {}
@@ -115,7 +114,7 @@ def test_a_worker_with_nothing_queued_fails_a_lost_trial_and_runs_its_retry(
         return 1.0
 
     started = time.monotonic()
-    _work(study, objective, storage, timeout=None)
+    _work(study, objective, storage, deadline=None)
     assert time.monotonic() - started < 30  # about the 2 s grace period
     retry = study.trials[-1]
     assert study.trials[lost.number].state == FAIL
@@ -140,7 +139,8 @@ def test_a_waiting_worker_leaves_at_its_timeout_while_a_live_trial_runs(
     thread.start()
     try:
         started = time.monotonic()
-        _work(study, lambda t: pytest.fail("nothing is queued"), storage, timeout=4)
+        _work(study, lambda t: pytest.fail("nothing is queued"), storage,
+              deadline=time.monotonic() + 4)
         elapsed = time.monotonic() - started
     finally:
         alive.set()
@@ -155,5 +155,5 @@ def test_without_heartbeat_a_worker_does_not_wait(tmp_path):
     study = optuna.create_study(storage=storage)
     study.ask()
     started = time.monotonic()
-    _work(study, lambda t: pytest.fail("nothing is queued"), storage, timeout=None)
+    _work(study, lambda t: pytest.fail("nothing is queued"), storage, deadline=None)
     assert time.monotonic() - started < 2

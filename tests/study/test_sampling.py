@@ -1,4 +1,4 @@
-"""Search building blocks on a real in-memory Optuna study (no training)."""
+"""Sampling, budget and storage on a real in-memory Optuna study (no training)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import optuna
 import pytest
 
 from leukoml import names
-from leukoml.config import parse_search_space
+from leukoml.backbones import get_backbone
 from leukoml.errors import LeukomlError
-from leukoml.search import budget_used, mask_url, open_storage, sample_config
+from leukoml.locks import mask_url
+from leukoml.study import budget_used, open_storage, parse_search_space
 
 SPACE = parse_search_space({
     "tiers": {"low": ["Asghar2022CNN", "MobileNetV3Small"], "medium": ["ResNet50"]},
@@ -28,14 +29,15 @@ def test_trials_sample_a_tier_then_a_backbone_of_that_tier():
     seen = set()
     for _ in range(30):
         trial = study.ask()
-        config = sample_config(trial, SPACE, "synthetic")
+        config = SPACE.sample(trial, "synthetic")
         tier = trial.params[names.TIER]
         assert trial.params[f"{names.BACKBONE}_{tier}"] == config.backbone
         assert config.backbone in SPACE.tiers[tier]
-        assert 1e-4 <= config.learning_rate <= 1e-2
+        assert 1e-4 <= config.peak_learning_rate() <= 1e-2
         assert config.batch_size in (16, 32) and 2 <= config.patience <= 4
         assert config.monitor == SPACE.objective_metric
-        assert config.image_size == SPACE.image_size_for(config.backbone)
+        entry = get_backbone(config.backbone)  # its native size, capped at 96
+        assert config.image_size == max(entry.min_size, min(entry.default_size, 96))
         seen.add(config.backbone)
         study.tell(trial, 0.5)
     assert seen == {"Asghar2022CNN", "MobileNetV3Small", "ResNet50"}
@@ -48,7 +50,7 @@ def test_the_same_seed_samples_the_same_trials():
         out = []
         for i in range(12):
             trial = study.ask()
-            out.append(sample_config(trial, SPACE, "synthetic"))
+            out.append(SPACE.sample(trial, "synthetic"))
             study.tell(trial, float(i % 3))
         return out
 

@@ -1,0 +1,231 @@
+"""Grad-CAM figures: per-class grids of a trained model's test split, and one overlay per
+image file for `-e explain`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import keras
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure
+
+from leukoml import names
+from leukoml.data import IMAGE_SUFFIXES, ImageError, PreparedData, decode_image
+from leukoml.errors import LeukomlError
+from leukoml.explain.core import TRACE_FROM_BATCHES, GradCam, overlay
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("predicted", "true")
+# Grid panels: 1.4 in at 100 dpi = 140 px, about the decoded image size; five
+# classes with per_class=3 come to about 1.4 MB of PNG (measured at 100 px).
+PANEL_INCHES = 1.4
+FIGURE_DPI = 100
+
+
+# --- figures ------------------------------------------------------------------
+
+
+class Example(NamedTuple):
+    image: np.ndarray  # (H, W, 3) uint8, as decoded
+    heatmap: np.ndarray | None
+    caption: str
+
+
+def _draw_pair(figure: Figure, rows: int, columns: int, slot: int, example: Example) -> None:
+    """Original and overlay side by side, the caption above the original."""
+    original = figure.add_subplot(rows, columns, slot)
+    original.imshow(example.image)
+    original.set_title(example.caption, fontsize=7, loc="left")
+    heat = figure.add_subplot(rows, columns, slot + 1)
+    if example.heatmap is None:
+        heat.imshow(np.full_like(example.image, 255))
+        heat.text(0.5, 0.5, "no Grad-CAM\nsignal", ha="center", va="center", fontsize=7,
+                  transform=heat.transAxes)
+    else:
+        heat.imshow(overlay(example.image, example.heatmap))
+    for axes in (original, heat):
+        axes.set_axis_off()
+
+
+def _figure(rows: Sequence[Sequence[Example]], title: str) -> Figure:
+    columns = 2 * max(len(row) for row in rows)
+    figure = Figure(figsize=(PANEL_INCHES * columns, PANEL_INCHES * 1.3 * len(rows) + 0.4),
+                    dpi=FIGURE_DPI, layout="constrained")
+    figure.suptitle(title, fontsize=8)
+    for r, row in enumerate(rows):
+        for e, example in enumerate(row):
+            _draw_pair(figure, len(rows), columns, r * columns + 2 * e + 1, example)
+    return figure
+
+
+def _caption(true: str | None, predicted: str, probability: float) -> str:
+    lines = [f"true: {true}"] if true is not None else []
+    return "\n".join([*lines, f"pred: {predicted} ({probability:.2f})"])
+
+
+# --- a trained model on its test split ----------------------------------------
+
+
+class GradcamArtifacts(NamedTuple):
+    layer: str  # the Grad-CAM target layer, also tagged on the run
+    paths: list[str]  # artifact paths of the per-class grids, under names.GRADCAM_DIR
+
+
+def _file_stem(index: int, class_name: str) -> str:
+    """`03_band_cell`: unique per class and safe as a file name."""
+    return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', class_name).strip('_.') or 'class'}"
+
+
+def _pick(positions: np.ndarray, confidence: np.ndarray, count: int) -> np.ndarray:
+    """The `count` most confident of `positions`: the clearest cases of each kind."""
+    return positions[np.argsort(-confidence[positions], kind="stable")[:count]]
+
+
+def log_gradcam(
+    model: keras.Model,
+    data: PreparedData,
+    probabilities: np.ndarray,
+    per_class: int = 3,
+    target: str = "predicted",
+) -> GradcamArtifacts:
+    """Log one Grad-CAM grid per class of the test split to the active MLflow run.
+
+    Each grid shows the `per_class` most confidently correct test images of
+    the class and, where there are any, its `per_class` most confidently
+    misclassified ones: the original, the overlay and true/predicted label
+    with the predicted probability. `probabilities` are the model's softmax
+    outputs on `data.splits["test"]`, in that order (`TrainResult.test_probabilities`).
+    `target` picks the class the heatmap explains: "predicted" or "true".
+    """
+    if target not in TARGETS:
+        raise LeukomlError(f"gradcam target {target!r} is not one of {', '.join(TARGETS)}")
+    if per_class < 1:
+        raise LeukomlError(f"gradcam per_class must be at least 1, got {per_class}")
+    test = np.asarray(data.splits["test"])
+    n_classes = len(data.class_names)
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(test), n_classes):
+        raise ValueError(
+            f"probabilities of shape {probabilities.shape} do not match the test split "
+            f"({len(test)} images, {n_classes} classes)"
+        )
+    explainer = GradCam(model)
+    if explainer.image_size != (data.image_size, data.image_size):
+        raise LeukomlError(
+            f"the model takes {explainer.image_size} px images, the data is decoded at "
+            f"{data.image_size} px"
+        )
+    true = data.labels[test]
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    picks = {
+        c: (_pick(np.flatnonzero((true == c) & (predicted == c)), confidence, per_class),
+            _pick(np.flatnonzero((true == c) & (predicted != c)), confidence, per_class))
+        for c in range(n_classes)
+    }
+    chosen = np.unique(np.concatenate([np.concatenate(pair) for pair in picks.values()]))
+    explanation = explainer.explain(
+        np.asarray(data.images[test[chosen]]),
+        classes=(predicted if target == "predicted" else true)[chosen],
+    )
+    heatmap_of = dict(zip(chosen.tolist(), explanation.heatmaps))
+
+    def example(position: int) -> Example:
+        caption = _caption(data.class_names[true[position]],
+                           data.class_names[predicted[position]], confidence[position])
+        return Example(np.asarray(data.images[test[position]]), heatmap_of[position], caption)
+
+    mlflow.set_tag(names.TAG_GRADCAM_LAYER, explainer.layer_name)
+    paths = []
+    for c, class_name in enumerate(data.class_names):
+        rows = [[example(p) for p in kind] for kind in picks[c] if len(kind)]
+        if not rows:
+            log.info("Grad-CAM: no test image of class %s, no grid", class_name)
+            continue
+        figure = _figure(rows, f"{class_name}: Grad-CAM of the {target} class "
+                               f"at layer {explainer.layer_name}")
+        path = f"{names.GRADCAM_DIR}/{_file_stem(c, class_name)}.png"
+        mlflow.log_figure(figure, path)
+        paths.append(path)
+    return GradcamArtifacts(explainer.layer_name, paths)
+
+
+# --- image files --------------------------------------------------------------
+
+
+def _image_files(source: Path) -> list[tuple[Path, Path]]:
+    """(file, path relative to `source`) for one image or a folder's images, recursively."""
+    if source.is_file():
+        return [(source, Path(source.name))]
+    if not source.is_dir():
+        raise LeukomlError(f"images: {str(source)!r} is neither an image file nor a folder")
+    files = sorted(
+        p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise LeukomlError(
+            f"images: no {'/'.join(sorted(IMAGE_SUFFIXES))} file in folder {str(source)!r}"
+        )
+    return [(p, p.relative_to(source)) for p in files]
+
+
+def explain_images(
+    model: keras.Model,
+    class_names: Sequence[str],
+    image_size: int,
+    images: str | Path,
+    output_dir: str | Path,
+    batch_size: int = 16,
+    crop: str = "none",
+) -> list[Path]:
+    """Grad-CAM of the predicted class for image files; writes one PNG per image.
+
+    `images` is a file or a folder (searched recursively). Files are decoded as
+    for training (`decode_image`: cropped to the cell with `crop="cell"`, squashed to
+    `image_size`); unreadable ones
+    are skipped with a warning. Each PNG, `<output_dir>/<relative path>.gradcam.png`,
+    shows the image, the overlay and the predicted class with its probability.
+    """
+    explainer = GradCam(model)
+    if explainer.n_classes != len(class_names):
+        raise LeukomlError(f"{len(class_names)} class names given for a model with "
+                           f"{explainer.n_classes} outputs")
+    if explainer.image_size != (image_size, image_size):
+        raise LeukomlError(f"image_size {image_size} does not match the model's input "
+                           f"{explainer.image_size}")
+    files = _image_files(Path(images).expanduser())
+    output_dir = Path(output_dir)
+    # Decoded a chunk at a time: memory stays bounded, and a large folder
+    # still reaches the traced step.
+    chunk = 2 * TRACE_FROM_BATCHES * batch_size
+    written = []
+    for start in range(0, len(files), chunk):
+        decoded, kept = [], []
+        for path, relative in files[start:start + chunk]:
+            try:
+                decoded.append(decode_image(path.read_bytes(), image_size, crop=crop))
+            except ImageError as exc:
+                warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
+                continue
+            kept.append(relative)
+        if not decoded:
+            continue
+        explanation = explainer.explain(np.stack(decoded), batch_size=batch_size)
+        for relative, image, heatmap, predicted, probabilities in zip(
+            kept, decoded, explanation.heatmaps, explanation.classes, explanation.probabilities
+        ):
+            caption = _caption(None, class_names[predicted], float(probabilities[predicted]))
+            figure = _figure([[Example(image, heatmap, caption)]], str(relative))
+            destination = output_dir / relative.parent / f"{relative.name}.gradcam.png"
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(destination)
+            written.append(destination)
+    if not written:
+        raise LeukomlError(f"images: none of the files under {str(images)!r} could be decoded")
+    return written

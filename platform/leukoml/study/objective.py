@@ -1,0 +1,152 @@
+"""One trial = one nested MLflow run around one `train_and_log` call, with pruning."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import mlflow
+import optuna
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from leukoml import names
+from leukoml.config import TrainConfig
+from leukoml.study.queue import trials_in
+from leukoml.study.space import SearchSpace
+
+
+class SurplusTrial(Exception):
+    """A trial Optuna created because another worker popped the last queued one."""
+
+
+class Objective:
+    """Runs one trial as a nested MLflow run; the study survives any failure."""
+
+    def __init__(self, space: SearchSpace, data: str, study_name: str, parent_run_id: str,
+                 worker_run_id: str, deadline: float | None = None):
+        # TensorFlow now, not inside the first trial: a slow import must not hold
+        # up that trial's heartbeat thread on a busy machine.
+        import leukoml.training  # noqa: F401
+
+        self.space, self.data, self.study_name = space, data, study_name
+        self.parent_run_id, self.worker_run_id = parent_run_id, worker_run_id
+        self.deadline = deadline  # time.monotonic() at which the study's budget ends
+        self.experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
+        self._prepared = {}  # DataSpec -> PreparedData, decoded once per worker
+
+    def _dataset(self, config: TrainConfig):
+        from leukoml.data import prepare_dataset
+
+        spec = config.data_spec()
+        if spec not in self._prepared:
+            self._prepared[spec] = prepare_dataset(spec)
+        return self._prepared[spec]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from optuna_integration import KerasPruningCallback
+
+        from leukoml.training import train_and_log
+        from leukoml.training.callbacks import Deadline
+
+        if not trial.user_attrs.get(names.TICKET_ATTR):
+            # Between this worker's look at the queue and its ask, another worker
+            # popped the last queued trial, so Optuna created a new one: fail it
+            # unrun (it does not count, see `budget_used`) and stop.
+            message = "not run: the budget was used up by other workers"
+            trial.set_user_attr(names.SURPLUS_ATTR, True)
+            trial.set_user_attr(names.ERROR_ATTR, message)  # what the leaderboard shows
+            trial.study.stop()
+            raise SurplusTrial(message)
+        config = self.space.sample(trial, self.data)
+        client = MlflowClient()
+        run = client.create_run(
+            self.experiment_id,
+            run_name=names.trial_run_name(trial.number, config.backbone),
+            tags={
+                names.TAG_PARENT_RUN: self.parent_run_id,
+                names.TAG_ROLE: "trial",
+                names.TAG_OPTUNA_STUDY: self.study_name,
+                names.TAG_OPTUNA_TRIAL: str(trial.number),
+                names.TAG_OPTUNA_STATE: "RUNNING",
+                names.TAG_WORKER: worker_name(),
+                names.TAG_WORKER_RUN: self.worker_run_id,
+            },
+        )
+        run_id = run.info.run_id
+        trial.set_user_attr(names.RUN_ID_ATTR, run_id)
+        trial.set_user_attr(names.BACKBONE, config.backbone)
+        mlflow.start_run(run_id=run_id, nested=True)
+        status = RunStatus.FAILED
+        backup = self._backup_dir(trial)
+        try:
+            data = self._dataset(config)
+            callbacks = [KerasPruningCallback(trial, self.space.objective_metric)]
+            if self.deadline is not None:
+                callbacks.append(Deadline(self.deadline))
+            result = train_and_log(config, data, callbacks=callbacks, backup_dir=backup)
+            value = result.objective(self.space.objective_metric)
+            self._record(trial, result, data.class_names)
+            mlflow.log_metric("objective", value)
+            if self.deadline is not None and callbacks[-1].reached_at_epoch is not None:
+                reason = (f"stopped by the study's deadline in epoch "
+                          f"{callbacks[-1].reached_at_epoch + 1}; its best weights so far are "
+                          f"the run's model")
+                trial.set_user_attr(names.STOPPED_ATTR, reason)
+                mlflow.set_tag(names.TAG_STOPPED, reason)
+                raise optuna.TrialPruned(reason)
+            mlflow.set_tag(names.TAG_OPTUNA_STATE, "COMPLETE")
+            status = RunStatus.FINISHED
+            return value
+        except optuna.TrialPruned:  # a normal outcome: its curves stay logged
+            mlflow.set_tag(names.TAG_OPTUNA_STATE, "PRUNED")
+            epochs = len(client.get_metric_history(run_id, names.LOSS))
+            mlflow.log_metric(names.EPOCHS_RUN, epochs)
+            status = RunStatus.FINISHED
+            raise
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            mlflow.set_tag(names.TAG_OPTUNA_STATE, "FAIL")
+            mlflow.log_text(message + "\n", names.ERROR_TXT)
+            trial.set_user_attr(names.ERROR_ATTR, message[:1000])
+            raise
+        finally:
+            if _failed_elsewhere(trial):  # this worker outlived its grace period
+                mlflow.set_tag(names.TAG_FAILURE, "no heartbeat for the grace period; retried")
+                status = RunStatus.KILLED
+            mlflow.end_run(RunStatus.to_string(status))
+            shutil.rmtree(backup, ignore_errors=True)  # kept only if this process is killed
+            gc.collect()
+
+    def _backup_dir(self, trial: optuna.Trial) -> Path:
+        """Where Keras backs the trial up each epoch: a retry of a trial whose worker was
+        killed (Optuna's `failed_trial`) finds the lost trial's epochs and resumes."""
+        from leukoml.data import cache_root
+
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        original = frozen.system_attrs.get("failed_trial", trial.number)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.study_name)
+        return cache_root() / "backups" / safe / f"trial-{original}"
+
+    @staticmethod
+    def _record(trial: optuna.Trial, result, class_names: list[str]) -> None:
+        """What the leaderboard needs, kept in the study so `-e report` needs only storage."""
+        for key in names.TRIAL_RECORD:
+            trial.set_user_attr(key, float(result.metrics[key]))
+        trial.set_user_attr(names.PARAM_COUNT, int(result.model.count_params()))
+        trial.set_user_attr(names.CLASS_F1_ATTR, {
+            c: result.metrics[names.test_per_class("f1", c)] for c in class_names
+        })
+
+
+def _failed_elsewhere(trial: optuna.Trial) -> bool:
+    """Whether another worker already failed this trial as lost (heartbeat too late)."""
+    return any(t.number == trial.number
+               for t in trials_in(trial.study, optuna.trial.TrialState.FAIL))
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"

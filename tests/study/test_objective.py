@@ -1,0 +1,94 @@
+"""One trial in process: pruning, the study's deadline, and resuming a killed trial."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import mlflow
+import optuna
+import pytest
+from helpers import TINY
+from mlflow.tracking import MlflowClient
+
+from leukoml import names
+from leukoml.config import TrainConfig
+from leukoml.data import prepare_dataset
+from leukoml.names import TICKET_ATTR
+from leukoml.study import Objective, parse_search_space
+
+DATA = "synthetic:per_class=20,size=32"
+SPACE = {"tiers": {"low": ["Asghar2022CNN"]}, "image_size": 32, "max_image_size": 32,
+         "learning_rate": 1e-3, "crop": "none", "augment": "none", "tta": "none",
+         "batch_size": 16}
+
+
+def run_one(study: optuna.Study, objective: Objective) -> optuna.trial.FrozenTrial:
+    study.enqueue_trial({}, user_attrs={TICKET_ATTR: True})
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    return study.trials[-1]
+
+
+def test_a_pruned_trial_keeps_its_curve_and_its_run_finishes(tracking_uri):
+    space = parse_search_space({**SPACE, "max_epochs": 4, "objective": {"metric": "val_loss"}})
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    with mlflow.start_run() as parent:
+        objective = Objective(space, DATA, "p", parent.info.run_id, parent.info.run_id)
+        trial = run_one(study, objective)
+    assert trial.state == optuna.trial.TrialState.PRUNED  # any val_loss is above 0
+    run = mlflow.get_run(trial.user_attrs[names.RUN_ID_ATTR])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[names.TAG_OPTUNA_STATE] == "PRUNED"
+    assert run.data.metrics[names.EPOCHS_RUN] == 1 == len(trial.intermediate_values)
+    assert names.TEST_MACRO_F1 not in run.data.metrics
+
+
+def test_the_deadline_stops_a_running_trial_and_keeps_its_model(tracking_uri):
+    space = parse_search_space({**SPACE, "max_epochs": 500, "patience": 500,
+                                "pruner": {"name": "none"}})
+    study = optuna.create_study(direction="maximize")
+    with mlflow.start_run() as parent:
+        budget = 25.0
+        objective = Objective(space, DATA, "d", parent.info.run_id, parent.info.run_id,
+                              deadline=time.monotonic() + budget)
+        started = time.monotonic()
+        trial = run_one(study, objective)
+        elapsed = time.monotonic() - started
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert "deadline" in trial.user_attrs[names.STOPPED_ATTR]
+    run = mlflow.get_run(trial.user_attrs[names.RUN_ID_ATTR])
+    assert run.info.status == "FINISHED" and "deadline" in run.data.tags[names.TAG_STOPPED]
+    assert run.data.metrics[names.EPOCHS_RUN] < 500
+    assert mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'",
+                                       output_format="list")  # the best-so-far model is kept
+    assert elapsed < budget + 60  # evaluation and logging of the kept model, nothing more
+
+
+class Crash(keras.callbacks.Callback):
+    """Dies at the end of an epoch, as a killed worker would (no cleanup)."""
+
+    def __init__(self, at_epoch: int):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt("killed")
+
+
+def test_a_killed_run_resumes_from_its_last_finished_epoch(tracking_uri, tmp_path):
+    from leukoml.training import train_and_log
+
+    config = TrainConfig(**{**TINY, "data": DATA, "max_epochs": 5, "patience": 5})
+    data = prepare_dataset(config.data_spec())
+    backup = tmp_path / "backup"
+    with mlflow.start_run() as first, pytest.raises(KeyboardInterrupt):
+        train_and_log(config, data, callbacks=[Crash(2)], backup_dir=backup)
+    assert any(backup.iterdir())
+    with mlflow.start_run() as second:
+        train_and_log(config, data, backup_dir=backup)
+    client = MlflowClient()
+    done = [m.step for m in client.get_metric_history(first.info.run_id, names.LOSS)]
+    resumed = [m.step for m in client.get_metric_history(second.info.run_id, names.LOSS)]
+    assert done == [0, 1, 2] and resumed == [3, 4]  # nothing recomputed
+    assert client.get_run(second.info.run_id).data.metrics[names.RESUMED_AT_EPOCH] == 3
