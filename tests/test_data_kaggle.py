@@ -64,8 +64,14 @@ def test_official_split_shares_nothing_between_train_and_test(kaggle):
     report = kaggle.leakage
     assert report.shared_pairs("train", "test") == 0
     assert report.shared_pairs("val", "test") == 0
-    # val is carved from TRAIN at random, so it does share near copies with train
-    assert report.shared_pairs("train", "val") >= 5 and report.train_shares_images
+    # val is carved from TRAIN by detected sibling groups: no copy and (almost) no sibling
+    # of a val image stays in train (a random carve leaves a sibling for every val image)
+    assert report.shared_pairs("train", "val") == 0
+    assert report.with_train_sibling("val") <= 0.02 * kaggle.split_sizes()["val"]
+    # the official TEST was augmented from held-out originals, yet a few TEST fields show
+    # a cell that is also in TRAIN (benchmarks/siblings.py: 2.5%): reported, not hidden
+    assert 0 < report.with_train_sibling("test") <= 0.05 * kaggle.split_sizes()["test"]
+    assert report.train_shares_images
     assert sum(v for kinds in report.pairs["label_conflicts"].values() for v in kinds.values()) == 0
     assert len(report.summary_text().splitlines()) <= 7
 

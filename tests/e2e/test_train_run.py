@@ -178,13 +178,17 @@ def test_train_on_a_sample_of_the_kaggle_set_groups_siblings(tracking_uri, tmp_p
 
 @pytest.mark.realdata
 def test_a_grouping_that_empties_a_class_in_validation_stops_clearly(tracking_uri, tmp_path):
-    """The file-name prefix `_0_` of the first images of each class is one group per class."""
+    """EOSINOPHIL's 12 images all carry the prefix `_0_` (one group); the other classes
+    spread over six prefixes, so the split has enough groups but none for EOSINOPHIL in val."""
     skip_without_real_data()
     sample = tmp_path / "first-files"
     for source in sorted((KAGGLE / "TRAIN").iterdir()):
         (sample / "TRAIN" / source.name).mkdir(parents=True)
-        for image in sorted(source.glob("_0_*.jpeg"))[:12]:
-            shutil.copy(image, sample / "TRAIN" / source.name / image.name)
+        prefixes = ["_0_"] * 6 if source.name == "EOSINOPHIL" else [f"_{k}_" for k in range(6)]
+        for prefix in dict.fromkeys(prefixes):
+            take = 12 // len(set(prefixes))
+            for image in sorted(source.glob(f"{prefix}*.jpeg"))[:take]:
+                shutil.copy(image, sample / "TRAIN" / source.name / image.name)
     shutil.copytree(sample / "TRAIN", sample / "TEST")
     proc, runs = mlflow_run_train(tracking_uri, "e2e-grouping", tmp_path, data=str(sample),
                                   image_size=32, group_by=r"^_(\d+)_")

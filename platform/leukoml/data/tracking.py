@@ -9,7 +9,9 @@ a content digest, equal for two runs on the same split.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import pandas as pd
 from leukoml import names
 from leukoml.data import PreparedData
 from leukoml.tracking import log_params
+
+log = logging.getLogger(__name__)
 
 
 def dataset_params(data: PreparedData) -> dict[str, object]:
@@ -56,7 +60,25 @@ def log_dataset_inputs(data: PreparedData, manifest: pd.DataFrame) -> None:
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
             dataset = mlflow.data.from_pandas(rows, source=str(data.root), targets="class",
                                               name=f"{name}-{split}")
+        _log_input(dataset, context)
+
+
+def _log_input(dataset, context: str, attempts: int = 4) -> None:
+    """`mlflow.log_input`, retried: MLflow's SQL store looks a dataset up and then inserts
+    it, so workers logging the same new dataset at once collide on its unique key (an
+    IntegrityError that MLflow reports as INTERNAL_ERROR); a retry finds the row the
+    winner wrote. A dataset input is a record, not worth a trial: warn if it never lands."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
             mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1:
+                log.warning("dataset input %s (%s) not logged: %s", dataset.name, context, exc)
+                return
+            time.sleep(0.5 * (attempt + 1))
 
 
 def log_data(data: PreparedData) -> None:
