@@ -239,6 +239,57 @@ def _run_explain(args) -> int:
     return 0
 
 
+def _add_evaluate(sub) -> None:
+    from leukoml.external.plan import TTA_CHOICES
+
+    p = sub.add_parser("evaluate", help="score a served model on your own labelled images",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model-uri", default=f"models:/{names.DEFAULT_MODEL_NAME}@champion",
+                   help="the leukoml model to score (models:/name@alias, models:/name/3, ...)")
+    p.add_argument("--data", required=True,
+                   help="a folder of class folders, or of images with a labels CSV")
+    p.add_argument("--labels", default="",
+                   help="a CSV with a file (path, name or number) and a label column; empty: "
+                        "<data>/labels.csv if present, else the class folders")
+    p.add_argument("--class-map", default="",
+                   help="YAML mapping or external,model CSV from the folder's class names to "
+                        "the model's (or 'unknown'); empty: match names case-insensitively")
+    p.add_argument("--tta", default="model", choices=TTA_CHOICES,
+                   help="test-time views: as the model was registered, or none/flips/dihedral")
+    p.add_argument("--compare-to", default="",
+                   help="a second model scored on the same images, with a paired test")
+    p.add_argument("--gallery", type=_int, default=16,
+                   help="misclassified images shown with Grad-CAM (0: none)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from leukoml.external import EvaluateRequest, plan_evaluation
+
+    request = EvaluateRequest(args.model_uri, args.data, args.labels, args.class_map,
+                              args.tta, args.compare_to, args.gallery)
+    plan = plan_evaluation(request)  # every input checked; no TensorFlow yet
+    print(f"evaluating {plan.model.uri} on {len(plan.images.files)} image(s) of "
+          f"{plan.images.root} ({plan.images.source})", flush=True)
+    import mlflow
+
+    from leukoml.external.score import log_result, score
+
+    result, model, predictions = score(plan)
+    with mlflow.start_run() as run:
+        log_result(plan, result, model, predictions)
+    evaluation = result.evaluation
+    if evaluation is not None:
+        print(f"accuracy {evaluation.value('accuracy'):.4f} {evaluation.interval('accuracy')}, "
+              f"balanced accuracy {evaluation.value('balanced_accuracy'):.4f}, macro-F1 "
+              f"{evaluation.value('macro_f1'):.4f} {evaluation.interval('macro_f1')}")
+    print(result.verdict)
+    if result.comparison:
+        print(result.comparison["summary"])
+    print(f"logged to run {run.info.run_id}")
+    return 0
+
+
 def _list_backbones(args) -> int:
     from leukoml.backbones import list_backbones
 
@@ -249,13 +300,19 @@ def _list_backbones(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from leukoml import __version__
+
     parser = argparse.ArgumentParser(prog="leukoml", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"leukoml {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's start-up messages and debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_promote(sub)
     _add_search(sub)
     _add_report(sub)
     _add_explain(sub)
+    _add_evaluate(sub)
     p = sub.add_parser("backbones", help="list the registered backbones and their tiers")
     p.add_argument("--tier", choices=("low", "medium", "high"))
     p.set_defaults(func=_list_backbones)
@@ -268,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["LEUKOML_VERBOSE"] = "1"  # workers and `mlflow run` children inherit it
+        logging.getLogger("leukoml").setLevel(logging.DEBUG)
+    else:
+        from leukoml.quiet import filter_stderr
+
+        filter_stderr()
     try:
         return args.func(args)
     except LeukomlError as exc:

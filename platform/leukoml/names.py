@@ -196,3 +196,17 @@ TRIAL_RECORD = (
     *(val_test_gap(kind) for kind in GAP_KINDS),
     EPOCHS_RUN, TRAIN_SECONDS,
 )
+
+# -e evaluate: a registered model scored on a lab's own labelled images
+EXTERNAL = "external"  # metric prefix: external_accuracy, external_f1_<class>, ...
+TAG_EVALUATED_MODEL = "leukoml.evaluated_model_uri"
+TAG_EVALUATED_VERSION = "leukoml.evaluated_model_version"
+TAG_COMPARED_MODEL = "leukoml.compared_model_uri"
+TAG_VERDICT = "leukoml.verdict"
+EXTERNAL_SUMMARY = "external/summary.json"
+EXTERNAL_VERDICT = "external/verdict.txt"
+EXTERNAL_PREDICTIONS = "external/predictions.json"  # an mlflow.log_table the UI can filter
+EXTERNAL_CONFUSION_PNG = "external/confusion_matrix.png"
+EXTERNAL_RELIABILITY_PNG = "external/reliability_diagram.png"
+EXTERNAL_GALLERY_PNG = "external/misclassified_gradcam.png"
+EXTERNAL_UNKNOWN_CSV = "external/unknown_classes.csv"

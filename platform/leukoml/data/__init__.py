@@ -127,6 +127,21 @@ def _sibling_summary(spec: DataSpec, siblings: Siblings | None, groups: Groups |
             "split": split_source, "images_with_sibling_in": crossings}
 
 
+def sibling_ids(root: Path, files: list[str]) -> np.ndarray:
+    """One group id per file of `root`: images of one field (rotated, flipped, shifted
+    copies) share an id. Cached like a dataset's; what `-e evaluate`'s intervals resample."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in files:
+        stat = (Path(root) / name).stat()
+        digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode("utf-8",
+                                                                        "surrogateescape"))
+    found = cached_siblings(Path(root), files, digest.hexdigest()[:20], cache_root())
+    log.info("siblings of %d images: %s", len(files), found.summary())
+    return np.asarray(found.group, dtype=np.int64)
+
+
 def prepare_dataset(spec: DataSpec) -> PreparedData:
     """List, decode (cached), group and split a dataset; check it for copies across splits.
 
@@ -229,4 +244,5 @@ __all__ = [
     "render_cell",
     "resolve_data",
     "scan_dataset",
+    "sibling_ids",
 ]

@@ -70,9 +70,11 @@ def calibration_scores(probabilities: np.ndarray, labels: np.ndarray,
     return scores
 
 
-def reliability_figure(before: np.ndarray, after: np.ndarray, labels: np.ndarray,
-                       temperature: float, bins: int = ECE_BINS):
-    """Accuracy against confidence per bin, before and after temperature scaling."""
+def reliability_figure(before: np.ndarray, after: np.ndarray | None, labels: np.ndarray,
+                       temperature: float, bins: int = ECE_BINS,
+                       title: str = "reliability on the test split"):
+    """Accuracy against confidence per bin, before and after temperature scaling (or, with
+    `after` None, of the served probabilities `before` alone)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,7 +85,9 @@ def reliability_figure(before: np.ndarray, after: np.ndarray, labels: np.ndarray
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
     labels = np.asarray(labels)
     edges = np.linspace(0, 1, bins + 1)
-    for probabilities, name in ((before, "uncalibrated"), (after, f"temperature {temperature:.2f}")):
+    curves = ((before, "uncalibrated"), (after, f"temperature {temperature:.2f}")) \
+        if after is not None else ((before, f"served (temperature {temperature:.2f})"),)
+    for probabilities, name in curves:
         confidence = probabilities.max(axis=1)
         correct = probabilities.argmax(axis=1) == labels
         which = np.minimum((confidence * bins).astype(int), bins - 1)
@@ -94,6 +98,6 @@ def reliability_figure(before: np.ndarray, after: np.ndarray, labels: np.ndarray
     ax.set_xticks(edges[::3])
     ax.set_xlabel("confidence (top-class probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title("reliability on the test split")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     return figure

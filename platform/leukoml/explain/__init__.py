@@ -10,7 +10,7 @@ from leukoml.explain.core import (
     find_target_layer,
     overlay,
 )
-from leukoml.explain.figures import GradcamArtifacts, explain_images, log_gradcam
+from leukoml.explain.figures import GradcamArtifacts, explain_images, gallery_figure, log_gradcam
 
 __all__ = [
     "DegenerateHeatmapWarning",
@@ -18,6 +18,7 @@ __all__ = [
     "GradCam",
     "GradcamArtifacts",
     "explain_images",
+    "gallery_figure",
     "find_target_layer",
     "log_gradcam",
     "overlay",

@@ -156,6 +156,17 @@ def log_gradcam(
     return GradcamArtifacts(explainer.layer_name, paths)
 
 
+def gallery_figure(model: keras.Model, images: np.ndarray, captions: Sequence[str],
+                   title: str, per_row: int = 4) -> Figure:
+    """Images (decoded as the model reads them) beside the Grad-CAM of their predicted
+    class, a caption each: the misclassified gallery of `-e evaluate`."""
+    explanation = GradCam(model).explain(np.asarray(images))
+    examples = [Example(image, heatmap, caption) for image, heatmap, caption in
+                zip(images, explanation.heatmaps, captions)]
+    rows = [examples[i:i + per_row] for i in range(0, len(examples), per_row)]
+    return _figure(rows, title)
+
+
 # --- image files --------------------------------------------------------------
 
 
