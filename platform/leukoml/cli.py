@@ -124,9 +124,11 @@ def _run_search(args) -> int:
 
     from leukoml.report import format_top, log_report
     from leukoml.study import promote_best, run_search
+    from leukoml.study.search import check_search_inputs
     from leukoml.study.space import load_search_space
 
     space = load_search_space(args.search_space)
+    check_search_inputs(space, args.data, args.storage or None)  # before any run or trial
     study_name = args.study_name or f"{Path(args.search_space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     with mlflow.start_run():
         outcome = run_search(space, args.data, study_name, storage=args.storage or None,

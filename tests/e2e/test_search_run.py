@@ -174,3 +174,28 @@ def test_search_nests_trials_prunes_survives_failures_and_resumes(
     numbers = sorted(int(r.data.tags[names.TAG_OPTUNA_TRIAL]) for r in children)
     assert numbers == list(range(8))
     assert len(client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'study'")) == 1
+
+
+@pytest.mark.parametrize("data", ["/no/such/folder", "one-class"])
+def test_a_bad_data_folder_stops_the_search_before_any_run_or_trial(
+        tracking_uri, tmp_path, data):
+    """Before: every trial FAILed on the missing folder and the search exited 0."""
+    if data == "one-class":
+        from helpers import write_image
+
+        for i in range(3):
+            write_image(tmp_path / "one-class" / "neutrophil" / f"{i}.png")
+        data = str(tmp_path / "one-class")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    make_experiment(tracking_uri, "e2e-search", tmp_path)
+    proc = run_cli(["mlflow", "run", ".", "-e", "search", "--env-manager", "local",
+                    "--experiment-name", "e2e-search", "-P", f"data={data}",
+                    "-P", f"storage={storage}", "-P", "study_name=bad-data"],
+                   env={"MLFLOW_TRACKING_URI": tracking_uri})
+    assert proc.returncode != 0
+    assert "leukoml search: error: data:" in proc.stderr
+    assert "Epoch 1" not in proc.stdout and "trial 0" not in proc.stdout
+    assert optuna.study.get_all_study_names(storage) == []  # no study, no trial
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("e2e-search").experiment_id
+    assert client.search_runs([experiment]) == []  # the run mlflow opened is deleted

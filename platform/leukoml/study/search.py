@@ -115,6 +115,24 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     print("  ".join(parts), flush=True)
 
 
+def check_search_inputs(space: SearchSpace, data: str, storage: str | None) -> None:
+    """Everything a study needs that can be wrong, checked before any MLflow run, Optuna
+    trial or TensorFlow import: the data folder (listed, not decoded), its grouping, and
+    the storage URL. Raises one `LeukomlError`."""
+    from leukoml.data import DataSpec, resolve_data, scan_dataset
+    from leukoml.data._groups import GroupBy
+    from leukoml.data._source import parse_synthetic
+
+    spec = DataSpec(source=data, seed=space.seed,
+                    group_by=space.split.get("group_by") or "siblings").validated()
+    if parse_synthetic(spec.source) is None:
+        root = resolve_data(spec.source)
+        scan_dataset(root)  # at least two class folders with image files
+        if spec.grouping == "explicit":
+            GroupBy.parse(spec.group_by, root)
+    open_storage(storage)  # unreachable: fails here, naming the URL
+
+
 def run_search(
     space: SearchSpace,
     data: str,
