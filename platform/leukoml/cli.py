@@ -76,7 +76,7 @@ def _run_train(args) -> int:
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.field_names()}).validated()
     data = prepare_dataset(config.data_spec())
     _warn_if_leaking(data)
-    with mlflow.start_run():
+    with mlflow.start_run(log_system_metrics=True):
         mlflow.set_tags({names.TAG_ROLE: "train", names.TAG_RUN_NAME: f"train-{config.backbone}"})
         result = train_and_log(config, data)
         run_id = mlflow.active_run().info.run_id
@@ -181,7 +181,7 @@ def _run_promote(args) -> int:
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="rebuild a study's report from its Optuna storage")
-    p.add_argument("--study-name", required=True)
+    p.add_argument("--study-name", required=True, help="the study to report on")
     p.add_argument("--storage", default="",
                    help="Optuna storage URL or journal file (default: sqlite:///optuna.db)")
     p.set_defaults(func=_run_report)
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_evaluate(sub)
     p = sub.add_parser("backbones", help="list the registered backbones and their tiers")
-    p.add_argument("--tier", choices=("low", "medium", "high"))
+    p.add_argument("--tier", choices=("low", "medium", "high"), help="only this tier")
     p.set_defaults(func=_list_backbones)
     return parser
 
@@ -327,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     args = build_parser().parse_args(argv)
+    if not any(os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME",
+                                           "MLFLOW_EXPERIMENT_ID")):
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = names.DEFAULT_EXPERIMENT  # not "Default"
     if args.verbose:
         os.environ["LEUKOML_VERBOSE"] = "1"  # workers and `mlflow run` children inherit it
         logging.getLogger("leukoml").setLevel(logging.DEBUG)

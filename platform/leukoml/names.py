@@ -162,6 +162,7 @@ STOPPED_ATTR = "stopped"  # trial: the study's deadline stopped it
 CLASS_F1_ATTR = "class_f1"  # trial: test F1 per class
 
 DEFAULT_MODEL_NAME = "wbc-classifier"
+DEFAULT_EXPERIMENT = "leukoml"  # where runs go unless MLflow is told another experiment
 
 # --- artifacts ----------------------------------------------------------------
 MODEL_ARTIFACT = "model"
@@ -169,6 +170,7 @@ CONFUSION_PNG = "evaluation/confusion_matrix.png"
 CONFUSION_CSV = "evaluation/confusion_matrix.csv"
 CLASSIFICATION_REPORT = "evaluation/classification_report.json"
 RELIABILITY_PNG = "evaluation/reliability_diagram.png"
+PREDICTIONS_TABLE = "evaluation/predictions.json"  # one row per test image: an mlflow.log_table
 SKIPPED_FILES = "data/skipped_files.csv"
 DATA_SPEC = "data/spec.json"
 MANIFEST = "data/manifest.csv"

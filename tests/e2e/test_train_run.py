@@ -81,6 +81,13 @@ def check_training_run(client: MlflowClient, run, class_names: list[str], epochs
     assert len(gradcams) == len(class_names)
     assert run.data.tags[names.TAG_GRADCAM_LAYER]
     assert metrics[names.COPIES_TRAIN_TEST] >= 0 and metrics[names.COPIES_TRAIN_VAL] >= 0
+    # the per-image table the UI filters reproduces the logged test accuracy
+    with open(client.download_artifacts(run.info.run_id, names.PREDICTIONS_TABLE)) as handle:
+        table = pd.DataFrame(**{k: v for k, v in json.load(handle).items()
+                                if k in ("columns", "data")})
+    assert len(table) == int(params[names.N_TEST])
+    assert table["correct"].mean() == pytest.approx(metrics[names.TEST_ACCURACY])
+    assert any(key.startswith("system/cpu") for key in metrics)  # system metrics logged
     return manifest
 
 

@@ -79,7 +79,7 @@ class Objective:
         run_id = run.info.run_id
         trial.set_user_attr(names.RUN_ID_ATTR, run_id)
         trial.set_user_attr(names.BACKBONE, config.backbone)
-        mlflow.start_run(run_id=run_id, nested=True)
+        mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=True)  # CPU, memory, GPU
         status = RunStatus.FAILED
         backup = self._backup_dir(trial)
         try:

@@ -93,6 +93,7 @@ def _open_study(space: SearchSpace, study_name: str, storage, run_id: str) -> tu
                 study.enqueue_trial({names.TIER: tier, f"{names.BACKBONE}_{tier}": backbone},
                                     user_attrs={names.TICKET_ATTR: True})
     study.set_user_attr(names.OBJECTIVE_ATTR, space.objective_metric)
+    study.set_metric_names([space.objective_metric])  # dashboards and plots name the value
     study.set_user_attr(names.PARENT_RUN_ATTR, run_id)  # last: joining workers wait for it
     return study, run_id
 

@@ -209,6 +209,23 @@ def _log_evaluation(evaluation: Evaluation, title: str) -> None:
     plt.close(figure)
 
 
+def _log_predictions(data: PreparedData, probabilities: np.ndarray) -> None:
+    """One row per test image (file, true, predicted, probability, correct) as a table
+    the MLflow UI can filter and sort."""
+    import pandas as pd
+
+    idx = data.splits["test"]
+    predicted = probabilities.argmax(axis=1)
+    true = data.labels[idx]
+    mlflow.log_table(pd.DataFrame({
+        "file": [data.files[i] for i in idx],
+        "true": [data.class_names[t] for t in true],
+        "predicted": [data.class_names[p] for p in predicted],
+        "probability": probabilities.max(axis=1) if len(idx) else [],
+        "correct": true == predicted,
+    }), names.PREDICTIONS_TABLE)
+
+
 def _explain(model: keras.Model, data: PreparedData, probabilities: np.ndarray) -> None:
     try:
         log_gradcam(model, data, probabilities)
@@ -254,6 +271,7 @@ def train_and_log(
     mlflow.log_metrics(summary)
     _log_evaluation(scored.test, f"{config.backbone} on {len(data.splits['test'])} test images")
     mlflow.log_figure(scored.reliability, names.RELIABILITY_PNG)
+    _log_predictions(data, scored.test_probabilities)
     gap = summary[names.val_test_gap("accuracy")]
     validation, test = scored.validation, scored.test
     if gap > GAP_WARNING and not validation.interval("accuracy").contains(test.value("accuracy")):

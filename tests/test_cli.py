@@ -1,0 +1,59 @@
+"""The `leukoml` command itself: version, booleans, and where runs go."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+from leukoml import __version__, names
+from leukoml.cli import _bool, _int, build_parser
+
+
+def test_version_is_printed():
+    proc = subprocess.run([sys.executable, "-m", "leukoml", "--version"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO / "platform")})
+    assert proc.returncode == 0 and proc.stdout.strip() == f"leukoml {__version__}"
+
+
+@pytest.mark.parametrize("text,value", [("true", True), ("False", False), ("1", True),
+                                        ("no", False), (" on ", True)])
+def test_booleans_parse_in_every_spelling_mlflow_and_users_use(text, value):
+    assert _bool(text) is value
+
+
+@pytest.mark.parametrize("text", ["maybe", "", "2"])
+def test_anything_else_is_not_a_boolean(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="expected true or false"):
+        _bool(text)
+
+
+def test_ints_accept_mlflows_float_spelling_but_not_fractions():
+    assert _int("32") == 32 and _int("32.0") == 32
+    with pytest.raises(argparse.ArgumentTypeError):
+        _int("32.5")
+
+
+def test_every_option_has_help_text():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"leukoml {name} {action.option_strings}: no help"
+
+
+def test_runs_go_to_the_leukoml_experiment_unless_mlflow_is_told_another(tmp_path):
+    code = ("import os, sys; from leukoml.cli import main; main(['backbones', '--tier', 'high']);"
+            "print(os.environ.get('MLFLOW_EXPERIMENT_NAME'))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_EXPERIMENT")}
+    env["PYTHONPATH"] = str(REPO / "platform")
+    run = lambda extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, **extra},
+        cwd=tmp_path).stdout.strip().splitlines()[-1]
+    assert run({}) == names.DEFAULT_EXPERIMENT
+    assert run({"MLFLOW_EXPERIMENT_NAME": "mine"}) == "mine"
