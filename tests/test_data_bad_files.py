@@ -259,7 +259,8 @@ def test_symlinked_class_folder_is_not_followed(tmp_path):
     os.symlink(tmp_path / "outside", root / "c")
     listing = scan_dataset(root)
     assert listing.class_names == ["a", "b"]
-    assert ("c/", "symlinked folder; not followed") in listing.skipped
+    assert ("c/", "symlinked folder; not followed (follow_links true enters it)") in \
+        listing.skipped
 
 
 def test_non_utf8_file_names_are_listed_and_fingerprinted(tmp_path):
@@ -289,3 +290,38 @@ def test_a_dataset_of_only_bad_files_stops_with_a_clear_error(tmp_path):
         (root / name / "x.jpg").write_text("text")
     with pytest.raises(LeukomlError, match="no readable image"):
         prepare_dataset(DataSpec(str(root), 32))
+
+
+def link_split(tmp_path) -> Path:
+    """A split made of symlinks to images elsewhere, as people make splits without copying."""
+    for name in ("a", "b"):
+        for i in range(10):
+            write_image(tmp_path / "pool" / name / f"{i}.png")
+    root = tmp_path / "split"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            os.symlink(tmp_path / "pool" / name / f"{i}.png", root / name / f"{i}.png")
+    return root
+
+
+def test_a_split_of_links_outside_names_the_reason_and_the_option(tmp_path):
+    """Before: 'needs at least 2 class folders with images, found none' and nothing else."""
+    with pytest.raises(LeukomlError) as error:
+        scan_dataset(link_split(tmp_path))
+    text = str(error.value)
+    assert "20 symlink pointing outside the dataset (a/0.png, a/1.png, a/2.png, ...)" in text
+    assert "follow_links true" in text
+
+
+def test_follow_links_reads_linked_files_and_enters_linked_folders_once(tmp_path):
+    root = link_split(tmp_path)
+    os.symlink(tmp_path / "pool" / "a", root / "b" / "more")  # a linked folder
+    os.symlink(root / "b", root / "b" / "loop")  # and a loop back to its parent
+    listing = scan_dataset(root, follow_links=True)
+    assert listing.class_names == ["a", "b"]
+    assert sorted(listing.files) == sorted(
+        [f"a/{i}.png" for i in range(10)] + [f"b/{i}.png" for i in range(10)]
+        + [f"b/more/{i}.png" for i in range(10)])
+    data = prepare_dataset(DataSpec(str(root), 32, follow_links=True, group_by="none"))
+    assert len(data.files) == 30 and not data.skipped

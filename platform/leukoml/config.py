@@ -97,6 +97,9 @@ class TrainConfig:
         "field), none, a regex with one capture group over file names, or a file,group CSV"))
     drop_cross_split_duplicates: bool = field(default=False, metadata=_p(
         "drop train/val images that copy a test (or val) image", "bool"))
+    follow_links: bool = field(default=False, metadata=_p(
+        "read symlinked images and folders that point outside the data folder (a split "
+        "made of links)", "bool"))
 
     @classmethod
     def params(cls) -> dict[str, tuple[object, Param]]:
@@ -111,7 +114,8 @@ class TrainConfig:
         """The data this run trains on, as the one `DataSpec` every job shares."""
         return DataSpec(source=self.data, image_size=self.image_size, seed=self.seed,
                         group_by=self.group_by, crop=self.crop,
-                        drop_cross_split_duplicates=self.drop_cross_split_duplicates)
+                        drop_cross_split_duplicates=self.drop_cross_split_duplicates,
+                        follow_links=self.follow_links)
 
     def peak_learning_rate(self) -> float:
         if self.learning_rate == AUTO:

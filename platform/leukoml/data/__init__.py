@@ -154,7 +154,7 @@ def prepare_dataset(spec: DataSpec) -> PreparedData:
     root = resolve_data(spec.source)
     if spec.grouping == "explicit":
         GroupBy.parse(spec.group_by, root)  # fail before decoding
-    listing = scan_dataset(root)
+    listing = scan_dataset(root, spec.follow_links)
     decoded = load_or_decode(listing, spec.image_size, spec.crop)
     labels = np.asarray(listing.labels)[decoded.kept]
     files = [listing.files[i] for i in decoded.kept]

@@ -22,7 +22,7 @@ from leukoml.names import SPLITS
 log = logging.getLogger(__name__)
 
 _SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
-_SYMLINKED_DIR = "symlinked folder; not followed"
+_SYMLINKED_DIR = "symlinked folder; not followed (follow_links true enters it)"
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Listing:
     ignored_folders: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
+    follow_links: bool = False  # read symlinked files and folders wherever they point
 
     @property
     def fingerprint(self) -> str:
@@ -69,20 +70,23 @@ def _subdirs(folder: Path, listing: Listing) -> list[Path]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or not p.is_dir():
             continue
-        if p.is_symlink():
+        if p.is_symlink() and not listing.follow_links:
             listing.skipped.append((p.relative_to(listing.root).as_posix() + "/", _SYMLINKED_DIR))
         else:
             found.append(p)
     return found
 
 
-def scan_dataset(root: str | Path) -> Listing:
-    """List the image files under `root`, skipping (and listing) what is not an image."""
+def scan_dataset(root: str | Path, follow_links: bool = False) -> Listing:
+    """List the image files under `root`, skipping (and listing) what is not an image.
+
+    With `follow_links`, symlinked files and folders are read wherever they point
+    (a split made of links to images elsewhere); each real folder is entered once."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise LeukomlError(f"data: {str(root)!r} is not a folder")
     root = root.resolve()
-    listing = Listing(root, [], [], [], [])
+    listing = Listing(root, [], [], [], [], follow_links=follow_links)
     top = _subdirs(root, listing)
     split_dirs = {p.name.lower(): p for p in top if _is_split_name(p.name)}
     if split_dirs:
@@ -116,22 +120,45 @@ def scan_dataset(root: str | Path) -> Listing:
     if len(listing.class_names) < 2:
         raise LeukomlError(
             f"data: {root} needs at least 2 class folders with images, found "
-            f"{listing.class_names or 'none'}"
+            f"{listing.class_names or 'none'}" + _skipped_summary(listing.skipped)
         )
     return listing
 
 
+def _skipped_summary(skipped: list[tuple[str, str]], examples: int = 3) -> str:
+    """'; skipped 40 files: 38 symlink pointing outside ... (a/1.png, ...), 2 ...' or ''."""
+    if not skipped:
+        return ""
+    by_reason: dict[str, list[str]] = {}
+    for file, reason in skipped:
+        kind = reason.split(" (")[0]  # a symlink's target differs per file: group by kind
+        by_reason.setdefault(kind, []).append(file)
+    parts = [f"{len(files)} {kind} ({', '.join(printable(f) for f in files[:examples])}"
+             f"{', ...' if len(files) > examples else ''})"
+             for kind, files in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))]
+    hint = ("; set follow_links true to read what the links point to"
+            if any("follow_links" in reason for _, reason in skipped) else "")
+    return f"; skipped {len(skipped)} file(s): " + "; ".join(parts) + hint
+
+
 def _scan_class(listing: Listing, root: Path, folder: Path, label: int, split: str | None) -> None:
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    entered = {folder.resolve()}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=listing.follow_links):
         visible = sorted(d for d in dirnames if not d.startswith("."))
-        dirnames[:] = [d for d in visible if not (Path(dirpath) / d).is_symlink()]
+        if listing.follow_links:  # enter each real folder once: links may loop
+            fresh = [d for d in visible if (Path(dirpath) / d).resolve() not in entered]
+            entered.update((Path(dirpath) / d).resolve() for d in fresh)
+            dirnames[:] = fresh
+            visible = fresh
+        else:
+            dirnames[:] = [d for d in visible if not (Path(dirpath) / d).is_symlink()]
         for d in sorted(set(visible) - set(dirnames)):
             rel = (Path(dirpath) / d).relative_to(root).as_posix() + "/"
             listing.skipped.append((rel, _SYMLINKED_DIR))
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
             rel = path.relative_to(root).as_posix()
-            reason = _skip_reason(path, root)
+            reason = _skip_reason(path, root, listing.follow_links)
             if reason:
                 listing.skipped.append((rel, reason))
                 continue
@@ -143,7 +170,7 @@ def _scan_class(listing: Listing, root: Path, folder: Path, label: int, split: s
             listing.mtimes.append(stat.st_mtime_ns)
 
 
-def _skip_reason(path: Path, root: Path) -> str | None:
+def _skip_reason(path: Path, root: Path, follow_links: bool = False) -> str | None:
     name = path.name
     if name.startswith("._"):
         return "macOS resource-fork file (._*)"
@@ -151,8 +178,9 @@ def _skip_reason(path: Path, root: Path) -> str | None:
         return "hidden or system file"
     if path.is_symlink():
         target = path.resolve()
-        if not target.is_relative_to(root):
-            return f"symlink pointing outside the dataset ({target}); not followed"
+        if not target.is_relative_to(root) and not follow_links:
+            return (f"symlink pointing outside the dataset ({target}); not followed "
+                    "(follow_links true reads it)")
         if not target.is_file():
             return "broken symlink"
     if path.suffix.lower() not in IMAGE_SUFFIXES:

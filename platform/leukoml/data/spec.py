@@ -34,6 +34,7 @@ class DataSpec:
     group_by: str = SIBLINGS
     drop_cross_split_duplicates: bool = False
     crop: str = "none"
+    follow_links: bool = False  # read symlinks pointing outside the folder
 
     def validated(self) -> "DataSpec":
         """A checked copy (group_by "" means the default), or a `LeukomlError` naming the field.

@@ -128,7 +128,7 @@ def check_search_inputs(space: SearchSpace, data: str, storage: str | None) -> N
                     group_by=space.split.get("group_by") or "siblings").validated()
     if parse_synthetic(spec.source) is None:
         root = resolve_data(spec.source)
-        scan_dataset(root)  # at least two class folders with image files
+        scan_dataset(root, bool(space.value("follow_links")))  # two class folders with images
         if spec.grouping == "explicit":
             GroupBy.parse(spec.group_by, root)
     open_storage(storage)  # unreachable: fails here, naming the URL
