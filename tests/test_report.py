@@ -61,7 +61,8 @@ def test_leaderboard_orders_by_objective_and_leaves_out_surplus_trials(study):
 def test_report_has_every_figure_and_one_self_contained_page(study):
     board, pngs, page = build_report(study)
     assert set(pngs) >= {"score_vs_params.png", "per_class_f1.png", "objective_vs_time.png",
-                         "optimisation_history.png"}
+                         "optimisation_history.png", "param_importances.png",  # optuna's own
+                         "intermediate_values.png", "timeline.png"}
     for data in pngs.values():
         assert data.startswith(b"\x89PNG")
     assert page.count("data:image/png;base64,") == len(pngs)

@@ -163,44 +163,38 @@ def plot_objective_vs_time(board: pd.DataFrame, metric: str) -> plt.Figure | Non
     return fig
 
 
-def plot_history(study: optuna.Study, metric: str) -> plt.Figure | None:
-    """Objective per trial and best-so-far, in trial order."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
-    if not trials:
+def optuna_figure(plot, study: optuna.Study, **kwargs) -> plt.Figure | None:
+    """One of `optuna.visualization.matplotlib`'s plots as a figure; None when Optuna cannot
+    draw it yet (too few trials, a single-valued space, no intermediate values)."""
+    import warnings
+
+    with warnings.catch_warnings():  # the matplotlib backend is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            axes = plot(study, **kwargs)
+        except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+            log.info("no %s: %s", plot.__name__, exc)
+            return None
+    axes = np.ravel(axes)[0] if isinstance(axes, np.ndarray) else axes
+    if not axes.has_data():
+        plt.close(axes.figure)
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
-        picked = [t for t in trials if t.state.name == state]
-        ax.scatter([t.number for t in picked], [t.value for t in picked], marker=marker,
-                   label=state.lower())
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    if complete:  # a pruned trial's last value is not a result, so it never sets the best
-        accumulate = np.minimum if study.direction.name == "MINIMIZE" else np.maximum
-        best = accumulate.accumulate([t.value for t in complete])
-        ax.step([t.number for t in complete], best, where="post", color="black",
-                label="best so far")
-    ax.set_xlabel("trial number")
-    ax.set_ylabel(f"objective: {metric}")
-    ax.set_title("optimisation history")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return fig
+    axes.figure.set_size_inches(7, 4.5)
+    return axes.figure
 
 
-def plot_importances(study: optuna.Study) -> plt.Figure | None:
-    """Optuna's parameter importances (PED-ANOVA in Optuna 5) over completed trials."""
-    try:
-        importances = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError) as exc:  # too few trials, or a single-valued space
-        log.info("no parameter importances: %s", exc)
-        return None
-    if not importances:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(importances) + 1.5), constrained_layout=True)
-    ax.barh(list(importances)[::-1], list(importances.values())[::-1], color="#3f7cac")
-    ax.set_xlabel("importance for the objective (share)")
-    ax.set_title("hyper-parameter importances")
-    return fig
+def optuna_figures(study: optuna.Study, metric: str) -> dict[str, plt.Figure | None]:
+    """Optimisation history, parameter importances, intermediate values and timeline."""
+    from optuna.visualization import matplotlib as views
+
+    return {
+        "optimisation_history.png": optuna_figure(views.plot_optimization_history, study,
+                                                  target_name=metric),
+        "param_importances.png": optuna_figure(views.plot_param_importances, study,
+                                               target_name=metric),
+        "intermediate_values.png": optuna_figure(views.plot_intermediate_values, study),
+        "timeline.png": optuna_figure(views.plot_timeline, study),
+    }
 
 
 def plot_best_confusion(run_id: str, title: str) -> plt.Figure | None:
@@ -244,8 +238,7 @@ def build_report(study: optuna.Study) -> tuple[pd.DataFrame, dict[str, bytes], s
         "score_vs_params.png": plot_score_vs_params(board),
         "per_class_f1.png": plot_class_f1(study, board),
         "objective_vs_time.png": plot_objective_vs_time(board, metric),
-        "optimisation_history.png": plot_history(study, metric),
-        "param_importances.png": plot_importances(study),
+        **optuna_figures(study, metric),
     }
     best = _complete(board).head(1)
     if not best.empty and best.iloc[0]["run_id"]:
