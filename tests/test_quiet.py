@@ -18,6 +18,8 @@ SEEN = [  # printed by TF 2.21 on a CPU-only machine, verbatim
     b"your machine, GPU will not be used.\n",
     b"E0000 00:00:1796205398.463770   11818 cuda_platform.cc:52] failed call to cuInit: "
     b"INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n",
+    b"To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 AVX_VNNI FMA, "
+    b"in other operations, rebuild TensorFlow with the appropriate compiler flags.\n",
 ]
 
 

@@ -19,7 +19,8 @@ import threading
 _NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|[IW]\d{4} [\d:. ]+\d+ \w+\.cc:\d+\]"  # absl INFO / WARNING lines of the C++ runtime
-    rb"|E\d{4} [\d:. ]+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit)")
+    rb"|E\d{4} [\d:. ]+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit"
+    rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate)")
 
 
 def is_noise(line: bytes) -> bool:

@@ -1,0 +1,106 @@
+"""Export a served model's network to ONNX and TFLite, checked against Keras.
+
+The exported graph is the Keras network (which scales its own input), so a
+phone or an ONNX runtime feeds it RGB images of `image_size` px as float32
+0-255. What runs around the network in the served pyfunc (decoding, the cell
+crop, test-time views, the temperature) is written beside it in
+`export.json`, so a consumer can do the same; parity is measured on the same
+images through Keras and through each runtime, and an export whose outputs
+drift is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from leukoml.errors import LeukomlError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "tflite")
+PARITY_TOLERANCE = 1e-3  # max |probability difference| against Keras on the check images
+
+
+def _check_images(size: int, count: int = 8, seed: int = 0) -> np.ndarray:
+    """Synthetic smear renders at the model's size, as float32 0-255."""
+    from leukoml.data import SYNTHETIC_CLASSES, render_cell
+
+    images = [render_cell(SYNTHETIC_CLASSES[i % len(SYNTHETIC_CLASSES)], size, (seed, i))
+              for i in range(count)]
+    return np.stack(images).astype(np.float32)
+
+
+def _onnx(model, path: Path, images: np.ndarray) -> np.ndarray:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise LeukomlError("ONNX export needs tf2onnx and onnxruntime: pip install -e "
+                           "'.[export]'") from None
+    logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)  # parity is checked below
+    model.export(str(path), format="onnx", verbose=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def _tflite(model, path: Path, images: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    import warnings
+
+    with warnings.catch_warnings():  # tf.lite.Interpreter's move to LiteRT is announced
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    inputs, outputs = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inputs["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inputs["index"], images)
+    interpreter.invoke()
+    return interpreter.get_tensor(outputs["index"])
+
+
+_EXPORTERS = {"onnx": (_onnx, "model.onnx"), "tflite": (_tflite, "model.tflite")}
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise LeukomlError(f"formats: {text!r}; use one or more of {', '.join(FORMATS)}")
+    return chosen
+
+
+def export_served(served, output_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> dict:
+    """Export each member network of a loaded leukoml pyfunc; return what `export.json` says."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = served.config
+    summary = {"class_names": list(served.class_names), "input": "float32 RGB 0-255, NHWC",
+               "ensemble_temperature": config.temperature, "members": []}
+    for index, (member, network) in enumerate(zip(config.members, served.keras_models)):
+        images = _check_images(member.image_size)
+        reference = np.asarray(network(images, training=False))
+        entry = {**asdict(member), "files": {}, "max_abs_difference": {}, "seconds": {}}
+        for name in formats:
+            export, file_name = _EXPORTERS[name]
+            path = output_dir / (f"member{index}_{file_name}" if len(config.members) > 1
+                                 else file_name)
+            started = time.perf_counter()
+            got = np.asarray(export(network, path, images))
+            entry["seconds"][name] = round(time.perf_counter() - started, 1)
+            difference = float(np.abs(got - reference).max())
+            if not difference <= PARITY_TOLERANCE:
+                raise LeukomlError(f"{name} export of {member.backbone} differs from Keras by "
+                                   f"{difference:.2g} (> {PARITY_TOLERANCE:g}); not exported")
+            entry["files"][name], entry["max_abs_difference"][name] = path.name, difference
+            log.info("%s: %s, max |difference| from Keras %.2g", member.backbone, path.name,
+                     difference)
+        summary["members"].append(entry)
+    (output_dir / "export.json").write_text(json.dumps(summary, indent=2))
+    return summary
