@@ -78,3 +78,31 @@ def test_every_mlproject_train_parameter_matches_its_cli_option():
         assert declared["type"] == MLPROJECT_TYPES.get(param.kind, "string"), name
         assert _as_mlproject(declared["default"]) == _as_mlproject(default), name
         assert f"{option(name)} {{{name}}}" in " ".join(train["command"].split()), name
+
+
+def _subcommand(name: str):
+    parser = build_parser()
+    return parser._subparsers._group_actions[0].choices[name]
+
+
+@pytest.mark.parametrize("entry", ["search", "promote", "report", "explain", "evaluate",
+                                   "export"])
+def test_every_other_entry_point_matches_its_cli_options(entry):
+    """Name, type and default of each MLproject parameter against the sub-command's option."""
+    declared = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][entry]
+    command = " ".join(declared["command"].split())
+    options = {a.dest: a for a in _subcommand(entry)._actions if a.dest != "help"}
+    assert set(declared["parameters"]) == set(options), entry
+    for name, spec in declared["parameters"].items():
+        action = options[name]
+        spec = spec if isinstance(spec, dict) else {"type": spec}
+        assert f"{option(name)} {{{name}}}" in command, name
+        kind = spec.get("type", "string")
+        if action.type in (int, float) or getattr(action.type, "__name__", "") == "_int":
+            assert kind == ("int" if action.type is not float else "float"), name
+        else:
+            assert kind in ("string", "uri", "path"), name
+        if "default" in spec:
+            assert _as_mlproject(spec["default"]) == _as_mlproject(action.default), name
+        else:
+            assert action.required, f"{entry} {name}: required in MLproject, optional here"

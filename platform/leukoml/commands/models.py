@@ -10,8 +10,8 @@ from leukoml.commands._options import _int
 
 def add_explain(sub) -> None:
     p = sub.add_parser("explain", help="Grad-CAM overlays of a served model for image files")
-    p.add_argument("--model-uri", required=True,
-                   help="a leukoml serving model, e.g. models:/wbc-classifier@champion")
+    p.add_argument("--model-uri", default=f"models:/{names.DEFAULT_MODEL_NAME}@champion",
+                   help="a leukoml serving model (models:/name@alias, models:/name/3, ...)")
     p.add_argument("--images", required=True, help="an image file or a folder of images")
     p.add_argument("--output-dir", default="gradcam-output",
                    help="where the overlay PNGs are written (also logged to the run)")
