@@ -148,6 +148,7 @@ TAG_WORKER = "leukoml.worker"  # on a trial run: host-pid of the process that ra
 TAG_WORKER_RUN = "leukoml.worker_run"  # on a trial run: the run of that worker process
 TAG_FAILURE = "leukoml.failure"
 TAG_STOPPED = "leukoml.stopped"
+TAG_FINISHED_BY = "leukoml.finished_by_run"  # on a parent run a later run finished
 RESUMED_AT_EPOCH = "resumed_at_epoch"  # metric: a retried trial restored this many epochs
 
 # --- Optuna study and trial attributes ------------------------------------------------

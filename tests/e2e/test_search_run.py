@@ -199,3 +199,64 @@ def test_a_bad_data_folder_stops_the_search_before_any_run_or_trial(
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("e2e-search").experiment_id
     assert client.search_runs([experiment]) == []  # the run mlflow opened is deleted
+
+
+def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
+        tracking_uri, tmp_path):
+    """Before: the killed leader's parent run stayed KILLED after the resumed study ended."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from helpers import REPO, stop_process_group
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    make_experiment(tracking_uri, "e2e-search", tmp_path)
+    space = tmp_path / "resume.yaml"
+    space.write_text(yaml.safe_dump({
+        "tiers": {"low": ["Asghar2022CNN"]}, "image_size": 32, "max_image_size": 32,
+        "weights": "none", "crop": "none", "augment": "none", "tta": "none", "max_epochs": 30,
+        "learning_rate": 1e-3, "batch_size": 32, "patience": 30, "ensemble": 0,
+        "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}, "n_trials": 2}))
+    args = ["mlflow", "run", ".", "-e", "search", "--env-manager", "local", "--experiment-name",
+            "e2e-search", "-P", f"data={DATA}", "-P", f"search_space={space}", "-P",
+            f"storage={storage}", "-P", "study_name=resumed", "-P", f"model_name={MODEL}"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, LEUKOML_HEARTBEAT_SECONDS="2",
+               LEUKOML_GRACE_SECONDS="6")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("e2e-search").experiment_id
+    with open(tmp_path / "killed.log", "w") as log:
+        leader = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:  # kill it (the whole group, no goodbye) once its first trial has trained an epoch
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            trials = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'trial'")
+            if trials and client.get_metric_history(trials[0].info.run_id, "loss"):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("no trial trained an epoch:\n" + (tmp_path / "killed.log").read_text())
+        os.killpg(leader.pid, signal.SIGKILL)
+    finally:
+        stop_process_group(leader)
+    [parent] = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'study'")
+    assert parent.info.status == "RUNNING"  # nobody was left to say otherwise
+
+    resumed = run_cli(args, env={k: env[k] for k in ("MLFLOW_TRACKING_URI",
+                                                     "LEUKOML_HEARTBEAT_SECONDS",
+                                                     "LEUKOML_GRACE_SECONDS")})
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "other workers" not in resumed.stdout
+    study = optuna.load_study(study_name="resumed", storage=storage)
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # the killed trial, retried
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    [worker] = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'worker'")
+    assert parent.data.tags[names.TAG_FINISHED_BY] == worker.info.run_id

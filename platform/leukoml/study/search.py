@@ -176,10 +176,27 @@ def run_search(
     deadline = None if timeout is None else started + timeout
     objective = Objective(space, data, study_name, parent_run_id, active.info.run_id, deadline)
     _work(study, objective, storage_obj, deadline)
+    _finish_parent(study, parent_run_id, active.info.run_id)
     best_run_id = _best_run_id(study)
     if best_run_id:
         MlflowClient().set_tag(parent_run_id, names.TAG_BEST_TRIAL_RUN, best_run_id)
     return SearchOutcome(study, parent_run_id, best_run_id)
+
+
+def _finish_parent(study: optuna.Study, parent_run_id: str, run_id: str) -> None:
+    """A study whose leader was killed and that a later run finished ends FINISHED: its
+    parent run (KILLED or FAILED when its process died) is marked so, naming the run."""
+    if parent_run_id == run_id:
+        return  # `mlflow run` ends our own run
+    states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    if trials_in(study, *states):
+        return  # not finished yet: the last worker will do it
+    client = MlflowClient()
+    if client.get_run(parent_run_id).info.status in ("KILLED", "FAILED"):
+        client.set_tag(parent_run_id, names.TAG_FINISHED_BY, run_id)
+        client.set_terminated(parent_run_id, "FINISHED")
+        print(f"study parent run {parent_run_id} ended FINISHED (its process had died; "
+              f"the study was finished by run {run_id})", flush=True)
 
 
 def _work(study: optuna.Study, objective: Objective, storage, deadline: float | None) -> None:
@@ -210,9 +227,10 @@ def _work(study: optuna.Study, objective: Objective, storage, deadline: float | 
         if not numbers or interval is None:
             return
         if numbers != watched:
-            print(f"trial(s) {', '.join(map(str, numbers))} running on other workers: waiting, "
-                  f"to retry any whose worker is lost (no heartbeat for "
-                  f"{storage.grace_period} s)", flush=True)
+            print(f"trial(s) {', '.join(map(str, numbers))} still marked RUNNING by another "
+                  f"process (a live worker, or one that was killed): waiting; a trial without "
+                  f"a heartbeat for {storage.grace_period} s is failed and retried here",
+                  flush=True)
             watched = numbers
         time.sleep(interval if left is None else max(0.0, min(interval, left)))
         optuna.storages.fail_stale_trials(study)
