@@ -1,4 +1,4 @@
-"""Training pieces that can be checked without MLflow: the streaming metrics."""
+"""Training pieces: the streaming metrics, class weights, and a diverging run stopped clearly."""
 
 from __future__ import annotations
 
@@ -30,3 +30,44 @@ def test_streaming_metrics_equal_sklearn_over_several_batches(seed):
                                                      abs=1e-6)
     f1.reset_state()
     assert float(f1.result()) == 0.0
+
+
+def test_balanced_class_weights_are_inverse_to_the_class_frequency(make_dataset_folder):
+    from leukoml.config import TrainConfig
+    from leukoml.data import prepare_dataset
+    from leukoml.training.run import _class_weights
+
+    root = make_dataset_folder({"common": 60, "rare": 20})
+    config = TrainConfig(data=str(root), image_size=32, group_by="none", crop="none",
+                         class_weight="balanced")
+    data = prepare_dataset(config.data_spec())
+    counts = np.bincount(data.labels[data.splits["train"]])
+    weights = _class_weights(config, data)
+    assert weights[0] * counts[0] == pytest.approx(weights[1] * counts[1])  # equal totals
+    assert weights[1] > 1 > weights[0]
+    assert _class_weights(TrainConfig(data=str(root), class_weight="none"), data) is None
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_a_clear_error(tracking_uri,
+                                                                   make_dataset_folder):
+    """A callback poisons the weights after the first batch, as a learning rate far too
+    high does: TerminateOnNaN stops the fit and train_and_log says what happened."""
+    import keras
+    import mlflow
+
+    from leukoml.config import TrainConfig
+    from leukoml.data import prepare_dataset
+    from leukoml.training.run import TrainingDiverged, train_and_log
+
+    class Poison(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            bias = self.model.trainable_weights[-1]  # of the softmax head: NaN logits
+            bias.assign(bias * float("nan"))
+
+    root = make_dataset_folder({"a": 20, "b": 20})
+    config = TrainConfig(data=str(root), backbone="Asghar2022CNN", image_size=32, max_epochs=3,
+                         group_by="none", crop="none", augment="none", tta="none",
+                         learning_rate="0.001")
+    data = prepare_dataset(config.data_spec())
+    with mlflow.start_run(), pytest.raises(TrainingDiverged, match="try a lower learning_rate"):
+        train_and_log(config, data, callbacks=[Poison()])
