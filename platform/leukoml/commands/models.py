@@ -8,10 +8,15 @@ from leukoml import names
 from leukoml.commands._options import _int
 
 
+def _model_uri(parser, verb: str) -> None:
+    parser.add_argument("--model-uri", default=f"models:/{names.DEFAULT_MODEL_NAME}@champion",
+                        help=f"the leukoml model to {verb} (models:/name@alias, models:/name/3, "
+                             "runs:/<run id>/model, ...)")
+
+
 def add_explain(sub) -> None:
     p = sub.add_parser("explain", help="Grad-CAM overlays of a served model for image files")
-    p.add_argument("--model-uri", default=f"models:/{names.DEFAULT_MODEL_NAME}@champion",
-                   help="a leukoml serving model (models:/name@alias, models:/name/3, ...)")
+    _model_uri(p, "explain")
     p.add_argument("--images", required=True, help="an image file or a folder of images")
     p.add_argument("--output-dir", default="gradcam-output",
                    help="where the overlay PNGs are written (also logged to the run)")
@@ -43,8 +48,7 @@ def add_evaluate(sub) -> None:
 
     p = sub.add_parser("evaluate", help="score a served model on your own labelled images",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-uri", default=f"models:/{names.DEFAULT_MODEL_NAME}@champion",
-                   help="the leukoml model to score (models:/name@alias, models:/name/3, ...)")
+    _model_uri(p, "score")
     p.add_argument("--data", required=True,
                    help="a folder of class folders, or of images with a labels CSV")
     p.add_argument("--labels", default="",
@@ -92,8 +96,7 @@ def _run_evaluate(args) -> int:
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a served model's network to ONNX and TFLite",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-uri", default=f"models:/{names.DEFAULT_MODEL_NAME}@champion",
-                   help="the leukoml model to export")
+    _model_uri(p, "export")
     p.add_argument("--output-dir", default="exported", help="where the files are written "
                    "(also logged to the run under export/)")
     p.add_argument("--formats", default="onnx,tflite", help="onnx, tflite or both")
