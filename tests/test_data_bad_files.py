@@ -325,3 +325,18 @@ def test_follow_links_reads_linked_files_and_enters_linked_folders_once(tmp_path
         + [f"b/more/{i}.png" for i in range(10)])
     data = prepare_dataset(DataSpec(str(root), 32, follow_links=True, group_by="none"))
     assert len(data.files) == 30 and not data.skipped
+
+
+def test_skipped_files_are_named_on_the_console_even_when_the_data_then_stops(tmp_path, caplog):
+    """Before: only a count was printed, and a run the data stopped logged no list."""
+    root = tmp_path / "data"
+    write_image(root / "a" / "ok.png")
+    (root / "b").mkdir(parents=True)
+    for i in range(7):
+        (root / "b" / f"bad{i}.jpg").write_text("text")
+    with caplog.at_level("WARNING", logger="leukoml.data"), \
+            pytest.raises(LeukomlError, match="no readable image"):
+        prepare_dataset(DataSpec(str(root), 32))
+    text = caplog.text
+    assert "skipped 7 file(s)" in text and "b/bad0.jpg: not an image" in text
+    assert "and 2 more" in text

@@ -161,8 +161,11 @@ def prepare_dataset(spec: DataSpec) -> PreparedData:
     folder_splits = [listing.folder_splits[i] for i in decoded.kept]
     # reported, never opened again: shown printable (pandas, MLflow and logs reject surrogates)
     skipped = [(printable(f), printable(r)) for f, r in listing.skipped + decoded.skipped]
-    if skipped:
-        log.warning("skipped %d file(s) that are not usable images (listed in the run)", len(skipped))
+    if skipped:  # on the console too: a run that stops on its data logs nothing
+        shown = "; ".join(f"{f}: {r}" for f, r in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        log.warning("skipped %d file(s) that are not usable images (listed in the run's "
+                    "data/skipped_files.csv): %s%s", len(skipped), shown, more)
     counts = np.bincount(labels, minlength=len(listing.class_names))
     for label, count in enumerate(counts):
         if count == 0:
