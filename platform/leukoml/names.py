@@ -203,6 +203,7 @@ TRIAL_RECORD = (
 # -e evaluate: a registered model scored on a lab's own labelled images
 EXTERNAL = "external"  # metric prefix: external_accuracy, external_f1_<class>, ...
 TAG_EVALUATED_MODEL = "leukoml.evaluated_model_uri"
+TAG_MODEL_URI = "leukoml.model_uri"  # on an explain or export run: the model it read
 TAG_EVALUATED_VERSION = "leukoml.evaluated_model_version"
 TAG_COMPARED_MODEL = "leukoml.compared_model_uri"
 TAG_VERDICT = "leukoml.verdict"

@@ -32,7 +32,7 @@ def _run_explain(args) -> int:
 
     served = load_served_model(args.model_uri)
     with mlflow.start_run() as run:
-        mlflow.set_tags({names.TAG_ROLE: "explain", "leukoml.model_uri": args.model_uri,
+        mlflow.set_tags({names.TAG_ROLE: "explain", names.TAG_MODEL_URI: args.model_uri,
                          names.TAG_RUN_NAME: f"explain-{served.backbone}"})
         written = explain_images(served.keras_model, served.class_names, served.image_size,
                                  args.images, args.output_dir,
@@ -116,7 +116,7 @@ def _run_export(args) -> int:
     served = load_served_model(args.model_uri)
     summary = export_served(served, args.output_dir, formats)
     with mlflow.start_run() as run:
-        mlflow.set_tags({names.TAG_ROLE: "export", "leukoml.model_uri": args.model_uri,
+        mlflow.set_tags({names.TAG_ROLE: "export", names.TAG_MODEL_URI: args.model_uri,
                          names.TAG_RUN_NAME: f"export-{served.backbone}"})
         mlflow.log_artifacts(args.output_dir, "export")
     for member in summary["members"]:

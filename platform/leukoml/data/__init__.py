@@ -127,6 +127,16 @@ def _sibling_summary(spec: DataSpec, siblings: Siblings | None, groups: Groups |
             "split": split_source, "images_with_sibling_in": crossings}
 
 
+def list_source(spec: DataSpec) -> tuple[DataSpec, Path, Listing]:
+    """The checked spec, the folder and its listing: everything about a dataset that can
+    be wrong before a single image is decoded (a folder, its classes, its grouping)."""
+    spec = spec.validated()
+    root = resolve_data(spec.source)
+    if spec.grouping == "explicit":
+        GroupBy.parse(spec.group_by, root)
+    return spec, root, scan_dataset(root, spec.follow_links)
+
+
 def sibling_ids(root: Path, files: list[str]) -> np.ndarray:
     """One group id per file of `root`: images of one field (rotated, flipped, shifted
     copies) share an id. Cached like a dataset's; what `-e evaluate`'s intervals resample."""
@@ -150,11 +160,7 @@ def prepare_dataset(spec: DataSpec) -> PreparedData:
     `drop_cross_split_duplicates` removes from train and val the images that
     copy a test image, then from train those copying a val image.
     """
-    spec = spec.validated()
-    root = resolve_data(spec.source)
-    if spec.grouping == "explicit":
-        GroupBy.parse(spec.group_by, root)  # fail before decoding
-    listing = scan_dataset(root, spec.follow_links)
+    spec, root, listing = list_source(spec)
     decoded = load_or_decode(listing, spec.image_size, spec.crop)
     labels = np.asarray(listing.labels)[decoded.kept]
     files = [listing.files[i] for i in decoded.kept]
@@ -246,6 +252,7 @@ __all__ = [
     "prepare_dataset",
     "render_cell",
     "resolve_data",
+    "list_source",
     "scan_dataset",
     "sibling_ids",
 ]

@@ -120,17 +120,15 @@ def check_search_inputs(space: SearchSpace, data: str, storage: str | None) -> N
     """Everything a study needs that can be wrong, checked before any MLflow run, Optuna
     trial or TensorFlow import: the data folder (listed, not decoded), its grouping, and
     the storage URL. Raises one `LeukomlError`."""
-    from leukoml.data import DataSpec, resolve_data, scan_dataset
-    from leukoml.data._groups import GroupBy
-    from leukoml.data._source import parse_synthetic
+    from leukoml.data import DataSpec, list_source, parse_synthetic
 
     spec = DataSpec(source=data, seed=space.seed,
-                    group_by=space.split.get("group_by") or "siblings").validated()
-    if parse_synthetic(spec.source) is None:
-        root = resolve_data(spec.source)
-        scan_dataset(root, bool(space.value("follow_links")))  # two class folders with images
-        if spec.grouping == "explicit":
-            GroupBy.parse(spec.group_by, root)
+                    group_by=space.split.get("group_by") or "siblings",
+                    follow_links=bool(space.value("follow_links")))
+    if parse_synthetic(str(data).strip()) is None:  # the synthetic set is rendered, not listed
+        list_source(spec)
+    else:
+        spec.validated()
     open_storage(storage)  # unreachable: fails here, naming the URL
 
 
