@@ -47,8 +47,14 @@ class ExternalResult:
     evaluation: Evaluation | None  # on the images of known classes
     calibration: dict[str, float]
     table: pd.DataFrame  # one row per readable image
+    true: np.ndarray  # per row: the model's class index, -1 for a class it does not know
     verdict: str
     comparison: dict = field(default_factory=dict)
+
+    @property
+    def known(self) -> np.ndarray:
+        """Rows of images whose class the model knows: the ones that are scored."""
+        return np.flatnonzero(self.true >= 0)
 
     def summary(self) -> dict:
         return {"metrics": self.evaluation.metrics if self.evaluation else {},
@@ -84,22 +90,25 @@ def predict_files(model, root: Path, files: list[str]) -> Predictions:
     return Predictions(kept, probabilities, unreadable)
 
 
-def _table(plan: EvaluationPlan, predictions: Predictions, model) -> pd.DataFrame:
+def _table(plan: EvaluationPlan, predictions: Predictions,
+           model) -> tuple[pd.DataFrame, np.ndarray]:
+    """The per-image table, and each image's model class index (-1: unknown to it)."""
     label_of = dict(zip(plan.images.files, plan.images.labels))
     classes = model.class_names
     probabilities = predictions.probabilities
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1) if len(probabilities) else np.zeros(0)
-    true = [plan.mapping.to_model[label_of[f]] for f in predictions.files]
+    mapped = (plan.mapping.to_model[label_of[f]] for f in predictions.files)
+    true = np.array([-1 if t is None else t for t in mapped], dtype=np.int64)
     return pd.DataFrame({
         "file": predictions.files,
         "folder_class": [label_of[f] for f in predictions.files],
-        "true": [classes[t] if t is not None else "" for t in true],
+        "true": [classes[t] if t >= 0 else "" for t in true],
         "predicted": [classes[p] for p in predicted],
         "confidence": confidence,
         "low_confidence": confidence < model.config.min_confidence,
-        "correct": [bool(t == p) if t is not None else None for t, p in zip(true, predicted)],
-    })
+        "correct": [bool(t == p) if t >= 0 else None for t, p in zip(true, predicted)],
+    }), true
 
 
 def verdict(evaluation: Evaluation | None, own: float | None, plan: EvaluationPlan,
@@ -145,21 +154,20 @@ def _mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
             "mcnemar_p_value": float(p)}
 
 
-def compare(plan: EvaluationPlan, table: pd.DataFrame, groups: np.ndarray,
-            other: Predictions) -> dict:
+def compare(plan: EvaluationPlan, result: ExternalResult, mine: Predictions,
+            groups: np.ndarray, other: Predictions) -> dict:
     """Paired comparison with `plan.other` on the known-class images both could read."""
-    classes = list(plan.model.config.class_names)
     theirs = dict(zip(other.files, other.probabilities.argmax(axis=1)))
-    known = table[(table["true"] != "") & table["file"].isin(list(theirs))]
-    if known.empty:
+    rows = [r for r in result.known if mine.files[r] in theirs]
+    if not rows:
         return {}
-    y = np.array([classes.index(t) for t in known["true"]])
-    a = np.array([classes.index(p) for p in known["predicted"]])
-    b = np.array([theirs[f] for f in known["file"]])
-    g = groups[known.index.to_numpy()]
-    out = {"compared_to": plan.other.uri, "images": len(known), **_mcnemar(a == y, b == y)}
+    y = result.true[rows]
+    a = mine.probabilities[rows].argmax(axis=1)
+    b = np.array([theirs[mine.files[r]] for r in rows])
+    out = {"compared_to": plan.other.uri, "images": len(rows), **_mcnemar(a == y, b == y)}
     for metric in ("accuracy", "macro_f1"):
-        d = paired_difference(y, a, b, g, len(classes), metric=metric)
+        d = paired_difference(y, a, b, groups[rows], len(plan.model.config.class_names),
+                              metric=metric)
         out[metric] = {"first": d.a, "second": d.b, "difference": d.value,
                        "ci_low": d.interval.low, "ci_high": d.interval.high,
                        "distinguishable": d.distinguishable}
@@ -179,22 +187,21 @@ def score(plan: EvaluationPlan) -> tuple[ExternalResult, object, Predictions]:
     predictions = predict_files(model, root, files)
     if not predictions.files:
         raise LeukomlError(f"data: none of the {len(files)} images under {root} could be read")
-    table = _table(plan, predictions, model)
+    table, true = _table(plan, predictions, model)
     groups = sibling_ids(root, predictions.files)
-    known = np.flatnonzero((table["true"] != "").to_numpy())
-    classes = list(model.class_names)
-    evaluation, calibration = None, {}
+    result = ExternalResult(None, {}, table, true, "")
+    known, classes = result.known, list(model.class_names)
     if len(known):
-        y = np.array([classes.index(t) for t in table["true"].iloc[known]])
-        evaluation = evaluate_predictions(y, predictions.probabilities[known].argmax(axis=1),
-                                          classes, groups=groups[known], prefix=names.EXTERNAL)
-        calibration = {f"{names.EXTERNAL}_{k}": v for k, v in calibration_scores(
-            predictions.probabilities[known], y, classes).items()}
+        y, probabilities = true[known], predictions.probabilities[known]
+        result.evaluation = evaluate_predictions(y, probabilities.argmax(axis=1), classes,
+                                                 groups=groups[known], prefix=names.EXTERNAL)
+        result.calibration = {f"{names.EXTERNAL}_{k}": v for k, v in calibration_scores(
+            probabilities, y, classes).items()}
     own = model.config.test_scores.get(names.TEST_ACCURACY)
-    result = ExternalResult(evaluation, calibration, table, verdict(evaluation, own, plan, table))
+    result.verdict = verdict(result.evaluation, own, plan, table)
     if plan.other is not None:
         other = predict_files(_served(plan.other, plan.request.tta), root, predictions.files)
-        result.comparison = compare(plan, table, groups, other)
+        result.comparison = compare(plan, result, predictions, groups, other)
     return result, model, predictions
 
 
@@ -237,8 +244,7 @@ def log_result(plan: EvaluationPlan, result: ExternalResult, model,
     mlflow.log_params({
         **{k: v for k, v in request.items() if k not in given},
         "labels_source": images.source, "n_images": len(images.files),
-        "n_scored": int((table["true"] != "").sum()),
-        "n_unknown_class": int((table["true"] == "").sum()),
+        "n_scored": len(result.known), "n_unknown_class": len(table) - len(result.known),
         "n_set_aside": sum(images.set_aside.values()) + len(predictions.unreadable)})
     dataset = mlflow.data.from_pandas(
         pd.DataFrame({"file": images.files, "class": images.labels}), source=str(images.root),
@@ -265,13 +271,12 @@ def log_result(plan: EvaluationPlan, result: ExternalResult, model,
                         .rename("images").reset_index().to_csv(index=False),
                         names.EXTERNAL_UNKNOWN_CSV)
     if result.evaluation is not None:
-        known = table["true"] != ""
+        known = result.known
         mlflow.log_figure(plot_confusion(result.evaluation.confusion,
-                                         f"{images.root.name}: {int(known.sum())} images"),
+                                         f"{images.root.name}: {len(known)} images"),
                           names.EXTERNAL_CONFUSION_PNG)
-        y = np.array([model.class_names.index(t) for t in table["true"][known]])
         mlflow.log_figure(reliability_figure(
-            predictions.probabilities[known.to_numpy()], None, y,
+            predictions.probabilities[known], None, result.true[known],
             model.config.members[0].temperature, title=f"reliability on {images.root.name}"),
             names.EXTERNAL_RELIABILITY_PNG)
     _gallery(model, plan, result)
