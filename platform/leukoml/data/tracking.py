@@ -50,17 +50,22 @@ def log_skipped(skipped: list[tuple[str, str]]) -> None:
         mlflow.log_artifact(str(path), str(Path(names.SKIPPED_FILES).parent))
 
 
+def log_dataset_input(rows: pd.DataFrame, source: Path, name: str, context: str):
+    """`rows` (with a `class` column) as an MLflow dataset input of the active run; returns
+    the dataset, whose digest two runs on the same rows share."""
+    with warnings.catch_warnings():  # MLflow registers its local source twice, and hints
+        warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        dataset = mlflow.data.from_pandas(rows, source=str(source), targets="class", name=name)
+        _log_input(dataset, context)  # inside: MLflow infers the schema when logging
+    return dataset
+
+
 def log_dataset_inputs(data: PreparedData, manifest: pd.DataFrame) -> None:
     """One MLflow dataset input per split (context training/validation/test)."""
-    name = data.root.name
     for split, context in names.SPLIT_CONTEXTS.items():
         rows = manifest[manifest["split"] == split].drop(columns="split").reset_index(drop=True)
-        with warnings.catch_warnings():  # MLflow registers its local source twice, and hints
-            warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
-            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
-            dataset = mlflow.data.from_pandas(rows, source=str(data.root), targets="class",
-                                              name=f"{name}-{split}")
-        _log_input(dataset, context)
+        log_dataset_input(rows, data.root, f"{data.root.name}-{split}", context)
 
 
 def _log_input(dataset, context: str, attempts: int = 4) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from leukoml import names
 from leukoml.data import sibling_ids
+from leukoml.data.tracking import log_dataset_input
 from leukoml.errors import LeukomlError
 from leukoml.evaluation import Evaluation, evaluate_predictions, paired_difference, plot_confusion
 from leukoml.evaluation.calibration import calibration_scores, reliability_figure
@@ -246,10 +247,8 @@ def log_result(plan: EvaluationPlan, result: ExternalResult, model,
         "labels_source": images.source, "n_images": len(images.files),
         "n_scored": len(result.known), "n_unknown_class": len(table) - len(result.known),
         "n_set_aside": sum(images.set_aside.values()) + len(predictions.unreadable)})
-    dataset = mlflow.data.from_pandas(
-        pd.DataFrame({"file": images.files, "class": images.labels}), source=str(images.root),
-        targets="class", name=f"{images.root.name}-external")
-    mlflow.log_input(dataset, context="evaluation")
+    dataset = log_dataset_input(pd.DataFrame({"file": images.files, "class": images.labels}),
+                                images.root, f"{images.root.name}-external", "evaluation")
     metrics = {**(result.evaluation.metrics if result.evaluation else {}), **result.calibration}
     if metrics:
         mlflow.log_metrics(metrics, dataset=dataset)
