@@ -337,8 +337,13 @@ def test_a_killed_worker_has_its_trial_failed_retried_and_the_study_completes(
     assert lost_run.info.status == "KILLED"
     assert lost_run.data.tags[names.TAG_OPTUNA_STATE] == "FAIL"
     parent = client.get_run(study.user_attrs[PARENT_RUN_ATTR])
-    assert parent.info.status == "KILLED"  # the dead leader's own run, marked by the survivor
-    assert "worker lost" in parent.data.tags["leukoml.failure"]
+    # the dead leader's own run: marked lost by the survivor, then FINISHED once the
+    # survivor finished the study, naming the run that did
+    assert "worker lost" in parent.data.tags[names.TAG_FAILURE]
+    assert parent.info.status == "FINISHED"
+    survivor_run = [r for r in client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = "
+                                                  "'worker'")]
+    assert [r.info.run_id for r in survivor_run] == [parent.data.tags[names.TAG_FINISHED_BY]]
     by_number = trial_runs(client, experiment, parent.info.run_id)
     assert sorted(by_number) == sorted([victim.number] + [t.number for t in others])
     for trial in others:  # each completed trial: one finished run, not duplicated
