@@ -23,3 +23,13 @@ def log_params(params: dict[str, object]) -> None:
     fresh = {k: format_param(v) for k, v in params.items() if k not in existing}
     if fresh:
         mlflow.log_params(fresh)
+
+
+SYSTEM_METRICS_SECONDS = 2  # MLflow samples every 10 s by default: a short run logged none
+
+
+def start_run_with_system_metrics(**kwargs):
+    """`mlflow.start_run` that logs CPU, memory (and GPU) metrics, sampled often enough
+    that a run of a few seconds has them too."""
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+    return mlflow.start_run(log_system_metrics=True, **kwargs)

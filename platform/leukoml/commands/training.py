@@ -27,12 +27,13 @@ def _run_train(args) -> int:
     from leukoml import names
     from leukoml.config import TrainConfig
     from leukoml.data import prepare_dataset
+    from leukoml.tracking import start_run_with_system_metrics
     from leukoml.training import train_and_log
 
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.field_names()}).validated()
     data = prepare_dataset(config.data_spec())
     _warn_if_leaking(data)
-    with mlflow.start_run(log_system_metrics=True):
+    with start_run_with_system_metrics():
         mlflow.set_tags({names.TAG_ROLE: "train", names.TAG_RUN_NAME: f"train-{config.backbone}"})
         result = train_and_log(config, data)
         run_id = mlflow.active_run().info.run_id

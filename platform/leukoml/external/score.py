@@ -27,6 +27,7 @@ from leukoml.evaluation.calibration import calibration_scores, reliability_figur
 from leukoml.external.plan import EvaluationPlan, ModelRef
 from leukoml.progress import progress
 from leukoml.serving import RequestError, load_served_model
+from leukoml.tracking import log_params
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +240,8 @@ def log_result(plan: EvaluationPlan, result: ExternalResult, model,
                         if plan.model.version else {}),
                      **({names.TAG_COMPARED_MODEL: plan.other.uri} if plan.other else {})})
     table = result.table
-    request = asdict(plan.request)
-    # `mlflow run` has logged the entry point's parameters already: only what it has not
-    given = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({
-        **{k: v for k, v in request.items() if k not in given},
+    log_params({  # skips what `mlflow run` logged from the entry point's parameters
+        **asdict(plan.request),
         "labels_source": images.source, "n_images": len(images.files),
         "n_scored": len(result.known), "n_unknown_class": len(table) - len(result.known),
         "n_set_aside": sum(images.set_aside.values()) + len(predictions.unreadable)})

@@ -17,6 +17,7 @@ from leukoml import names
 from leukoml.config import TrainConfig
 from leukoml.study.queue import trials_in
 from leukoml.study.space import SearchSpace
+from leukoml.tracking import start_run_with_system_metrics
 
 
 class SurplusTrial(Exception):
@@ -79,7 +80,7 @@ class Objective:
         run_id = run.info.run_id
         trial.set_user_attr(names.RUN_ID_ATTR, run_id)
         trial.set_user_attr(names.BACKBONE, config.backbone)
-        mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=True)  # CPU, memory, GPU
+        start_run_with_system_metrics(run_id=run_id, nested=True)
         status = RunStatus.FAILED
         backup = self._backup_dir(trial)
         try:
