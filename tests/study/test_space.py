@@ -10,12 +10,10 @@ from helpers import REPO
 
 from leukoml.backbones import get_backbone
 from leukoml.errors import LeukomlError
+from leukoml.study.dimensions import Choice, FloatRange, IntRange
 from leukoml.study.space import (
     BACKBONE_DEFAULT,
     LEARNING_RATE_SCALE,
-    Choice,
-    FloatRange,
-    IntRange,
     load_search_space,
     parse_search_space,
 )

@@ -2,8 +2,9 @@
 
 Every `TrainConfig` field may appear as a key. A searchable field (its
 `Param` says so) may be a list (categorical) or a range `{low, high[, log]}`;
-each becomes a `Dimension`, a small object that validates itself and suggests
-itself to an Optuna trial, so a new dimension is a new `TrainConfig` field.
+each becomes a dimension (`leukoml.study.dimensions`), a small object that
+validates itself and suggests itself to an Optuna trial, so a new dimension
+is a new `TrainConfig` field.
 Structural keys (objective, tiers, sampler, pruner, budget, split) are checked
 here too. Every problem is reported at once, each naming its key.
 """
@@ -17,6 +18,7 @@ from leukoml import names
 from leukoml.backbones import TIERS, check_weights, get_backbone, list_backbones
 from leukoml.config import AUTO, TrainConfig, check_value
 from leukoml.errors import LeukomlError
+from leukoml.study.dimensions import Fixed, dimension
 
 BACKBONE_DEFAULT = "backbone_default"
 OBJECTIVE_METRICS = tuple(names.val(m) for m in names.EPOCH_METRICS)
@@ -65,87 +67,6 @@ class _Problems(list):
 
     def fail(self, key: str, message: str):
         raise LeukomlError(f"{key}: {message}")
-
-
-# --- dimensions ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fixed:
-    value: object
-
-    def suggest(self, trial, name: str):
-        return self.value
-
-
-@dataclass(frozen=True)
-class Choice:
-    values: tuple
-
-    def suggest(self, trial, name: str):
-        return trial.suggest_categorical(name, list(self.values))
-
-
-@dataclass(frozen=True)
-class FloatRange:
-    low: float
-    high: float
-    log: bool = False
-
-    def suggest(self, trial, name: str) -> float:
-        return trial.suggest_float(name, self.low, self.high, log=self.log)
-
-
-@dataclass(frozen=True)
-class IntRange:
-    low: int
-    high: int
-
-    def suggest(self, trial, name: str) -> int:
-        return trial.suggest_int(name, self.low, self.high)
-
-
-def dimension(key: str, raw, kind: str, check=lambda value: None, searchable: bool = True):
-    """A `Fixed`, `Choice`, `FloatRange` or `IntRange` from a YAML value."""
-    def one(value):
-        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise LeukomlError(f"{key}: expected an int, got {value!r}")
-        if kind == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise LeukomlError(f"{key}: expected a number, got {value!r}")
-            value = float(value)
-        check(value)
-        return value
-
-    if isinstance(raw, list) or isinstance(raw, dict):
-        if not searchable:
-            raise LeukomlError(f"{key}: takes one value, not a list or a range")
-    if isinstance(raw, list):
-        if not raw:
-            raise LeukomlError(f"{key}: empty list")
-        values = tuple(dict.fromkeys(one(v) for v in raw))
-        return Fixed(values[0]) if len(values) == 1 else Choice(values)
-    if isinstance(raw, dict):
-        if kind not in ("int", "float"):
-            raise LeukomlError(f"{key}: a range needs a number; give a value or a list")
-        allowed = {"low", "high", "log"} if kind == "float" else {"low", "high"}
-        extra = sorted(set(raw) - allowed)
-        if extra:
-            raise LeukomlError(f"{key}: unknown key(s) {extra}; known keys: {sorted(allowed)}")
-        if "low" not in raw or "high" not in raw:
-            raise LeukomlError(f"{key}: a range needs both 'low' and 'high'")
-        low, high = one(raw["low"]), one(raw["high"])
-        if low > high:
-            raise LeukomlError(f"{key}: low ({low}) > high ({high})")
-        if kind == "int":
-            return IntRange(low, high)
-        log = raw.get("log", False)
-        if not isinstance(log, bool):
-            raise LeukomlError(f"{key}: log expects true or false, got {log!r}")
-        if log and low <= 0:
-            raise LeukomlError(f"{key}: a log range needs low > 0")
-        return FloatRange(low, high, log)
-    return Fixed(one(raw))
 
 
 # --- the space ------------------------------------------------------------------------------
