@@ -57,3 +57,28 @@ def test_runs_go_to_the_leukoml_experiment_unless_mlflow_is_told_another(tmp_pat
         cwd=tmp_path).stdout.strip().splitlines()[-1]
     assert run({}) == names.DEFAULT_EXPERIMENT
     assert run({"MLFLOW_EXPERIMENT_NAME": "mine"}) == "mine"
+
+
+def test_a_bad_data_folder_fails_before_any_heavy_import():
+    """The input check runs before mlflow, optuna, pandas, scikit-learn or TensorFlow is
+    imported: a typo costs a second, not the imports a study needs."""
+    heavy = ("mlflow", "optuna", "pandas", "sklearn", "tensorflow", "keras", "matplotlib")
+    code = ("import sys; from leukoml.cli import main\n"
+            "rc = main(['search', '--data', '/no/such/folder'])\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(rc)")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
+    env.pop("MLFLOW_RUN_ID", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert "data: folder '/no/such/folder' does not exist" in proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_every_sub_command_shows_its_defaults_in_help():
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if action.default not in (None, argparse.SUPPRESS) and action.option_strings:
+                assert f"(default: {action.default})" in " ".join(text.split()), \
+                    f"leukoml {name} {action.option_strings[0]}"

@@ -19,6 +19,14 @@ from leukoml.errors import LeukomlError
 log = logging.getLogger("leukoml")
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: its --help shows every option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from leukoml import __version__
 
@@ -26,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"leukoml {__version__}")
     parser.add_argument("--verbose", action="store_true",
                         help="keep TensorFlow's start-up messages and debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     training.add_train(sub)
     training.add_promote(sub)
     study.add_search(sub)

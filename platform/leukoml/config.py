@@ -21,6 +21,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")
 AUGMENTATIONS = ("none", "flips", "cell")
 TTA = ("none", "flips", "dihedral")
+EVALUATE_TTA = ("model", *TTA)  # -e evaluate: as the model was registered, or one of TTA
 CLASS_WEIGHTS = ("none", "balanced")
 MONITORS = tuple(names.val(m) for m in names.EPOCH_METRICS)
 

@@ -1,4 +1,5 @@
-"""The backbone registry (light: no TensorFlow import).
+"""The backbone registry (light: no TensorFlow import). May import only errors; data,
+training, explain, serving and study look backbones up here.
 
 The Keras side, `build_classifier` and `preprocess_fn`, lives in
 `leukoml.backbones.classifier`.

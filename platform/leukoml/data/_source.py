@@ -9,7 +9,10 @@ import tempfile
 from pathlib import Path
 
 from leukoml.data._cache import cache_root
+from leukoml.data._discover import Listing, scan_dataset
+from leukoml.data._groups import GroupBy
 from leukoml.data._synthetic import GENERATOR_VERSION, write_synthetic_dataset
+from leukoml.data.spec import DataSpec
 from leukoml.errors import LeukomlError
 
 log = logging.getLogger(__name__)
@@ -58,3 +61,13 @@ def resolve_data(source: str) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def list_source(spec: DataSpec) -> tuple[DataSpec, Path, Listing]:
+    """The checked spec, the folder and its listing: everything about a dataset that can
+    be wrong before a single image is decoded (a folder, its classes, its grouping)."""
+    spec = spec.validated()
+    root = resolve_data(spec.source)
+    if spec.grouping == "explicit":
+        GroupBy.parse(spec.group_by, root)
+    return spec, root, scan_dataset(root, spec.follow_links)

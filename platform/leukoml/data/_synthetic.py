@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
+SYNTHETIC_CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 GENERATOR_VERSION = 1
 _SS = 2  # supersampling factor for anti-aliased edges
 
@@ -129,7 +129,7 @@ def render_cell(kind: str, size: int, seed: int | tuple[int, ...]) -> np.ndarray
 def write_synthetic_dataset(folder: Path, per_class: int, seed: int, size: int) -> Path:
     """Render `per_class` PNGs per class into `folder/<class>/`; returns `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    for label, kind in enumerate(CLASSES):
+    for label, kind in enumerate(SYNTHETIC_CLASSES):
         (folder / kind).mkdir(exist_ok=True)
         for i in range(per_class):
             pixels = render_cell(kind, size, seed=(seed, label, i))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
+from leukoml.config import EVALUATE_TTA
 from leukoml.errors import LeukomlError
 from leukoml.external.labelled import (
     ClassMapping,
@@ -20,8 +21,6 @@ from leukoml.external.labelled import (
     read_labelled,
 )
 from leukoml.serving import ServingConfig, serving_config
-
-TTA_CHOICES = ("model", "none", "flips", "dihedral")
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,8 @@ def resolve_model(uri: str) -> ModelRef:
 
 def plan_evaluation(request: EvaluateRequest) -> EvaluationPlan:
     """Check every input; return what scoring needs. Raises one `LeukomlError`."""
-    if request.tta not in TTA_CHOICES:
-        raise LeukomlError(f"tta: {request.tta!r}; use one of {', '.join(TTA_CHOICES)}")
+    if request.tta not in EVALUATE_TTA:
+        raise LeukomlError(f"tta: {request.tta!r}; use one of {', '.join(EVALUATE_TTA)}")
     if request.gallery < 0:
         raise LeukomlError(f"gallery: {request.gallery}; use 0 (none) or more")
     model = resolve_model(request.model_uri)

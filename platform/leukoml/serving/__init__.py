@@ -1,5 +1,6 @@
 """The serving room: what ships inside a served model (`runtime`) and how it is packaged
-(`package`). May import data (decoding), names and errors; never training or study."""
+(`package`). May import data (decoding), evaluation (calibration), names and errors; never
+training or study."""
 
 from leukoml.serving.package import find_serving_model, log_serving_model, serving_config
 from leukoml.serving.runtime import (
