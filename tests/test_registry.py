@@ -20,7 +20,7 @@ from leukoml import names
 from leukoml.data import SYNTHETIC_CLASSES, DataSpec, prepare_dataset, render_cell
 from leukoml.errors import LeukomlError
 from leukoml.locks import advisory_key, lock_path
-from leukoml.registry import (
+from leukoml.names import (
     CANDIDATE,
     CHAMPION,
     TAG_CANDIDATE_F1,
@@ -28,9 +28,8 @@ from leukoml.registry import (
     TAG_DECISION,
     TAG_DISTINGUISHABLE,
     TAG_REASON,
-    promote,
-    promotion_lock,
 )
+from leukoml.registry import promote, promotion_lock
 from leukoml.serving import find_serving_model
 
 
@@ -96,11 +95,19 @@ def test_the_first_promotion_makes_a_champion_scored_as_in_training(store, mediu
     assert json.loads(tags[names.CLASS_NAMES]) == list(SYNTHETIC_CLASSES)
     assert float(tags[names.TEST_MACRO_F1]) == pytest.approx(logged_f1(medium))
     assert MlflowClient().get_model_version("first", result.version).run_id == medium
+    # the new champion is exported beside its run, parity-checked on validation images
+    metrics = mlflow.get_run(medium).data.metrics
+    assert metrics[names.export_metric("onnx", "max_abs_diff")] <= 1e-4
+    assert metrics[names.export_metric("tflite", "max_abs_diff")] <= 1e-3
+    assert metrics[names.export_metric("onnx", "bytes")] > 1000
+    files = {f.path for f in MlflowClient().list_artifacts(medium, names.EXPORT_DIR)}
+    assert {f"{names.EXPORT_DIR}/model.onnx", f"{names.EXPORT_DIR}/model.tflite"} <= files
+    assert "validation images" in tags[names.TAG_EXPORT]
 
 
 def test_a_better_candidate_takes_the_champion_alias(store, weak, strong):
-    first = promote(weak, "better")
-    result = promote(strong, "better")
+    first = promote(weak, "better", export=())
+    result = promote(strong, "better", export=())
     assert result.promoted and alias("better", CHAMPION) == result.version
     assert result.previous_champion == first.version
     # Each model read the same files at its own input size (32 and 40 px).
@@ -115,8 +122,8 @@ def test_a_better_candidate_takes_the_champion_alias(store, weak, strong):
 
 
 def test_a_worse_candidate_leaves_the_champion_and_the_reason_is_recorded(store, weak, strong):
-    champion = promote(strong, "worse")
-    result = promote(weak, "worse")
+    champion = promote(strong, "worse", export=())
+    result = promote(weak, "worse", export=())
     assert not result.promoted
     assert alias("worse", CHAMPION) == champion.version == result.champion_version
     assert alias("worse", CANDIDATE) == result.version
@@ -127,29 +134,29 @@ def test_a_worse_candidate_leaves_the_champion_and_the_reason_is_recorded(store,
 
 
 def test_force_makes_a_worse_model_champion(store, weak, strong):
-    promote(strong, "forced")
-    result = promote(weak, "forced", force=True)
+    promote(strong, "forced", export=())
+    result = promote(weak, "forced", force=True, export=())
     assert result.promoted and alias("forced", CHAMPION) == result.version
     assert result.reason.startswith("forced; without force: not better")
     assert result.champion_f1 > result.candidate_f1
 
 
 def test_models_of_other_classes_are_not_compared(store, strong, three_classes):
-    champion = promote(strong, "classes")
-    result = promote(three_classes, "classes")
+    champion = promote(strong, "classes", export=())
+    result = promote(three_classes, "classes", export=())
     assert not result.promoted and result.champion_f1 is None
     assert alias("classes", CHAMPION) == champion.version
     assert "not comparable" in result.reason and "basophil" in result.reason
     assert "not comparable" in version_tags("classes", result.version)[TAG_REASON]
-    forced = promote(three_classes, "classes", force=True)
+    forced = promote(three_classes, "classes", force=True, export=())
     assert forced.promoted and alias("classes", CHAMPION) == forced.version
 
 
 def test_images_the_champion_trained_on_are_left_out(store, weak, strong):
     """A champion with another split has trained on most of the candidate's test images."""
     other_split = train(store, learning_rate="1e-6", max_epochs=1, seed=1)
-    promote(other_split, "overlap")
-    result = promote(strong, "overlap")
+    promote(other_split, "overlap", export=())
+    result = promote(strong, "overlap", export=())
     ours = prepare_dataset(DataSpec("synthetic", 40, seed=0))
     theirs = prepare_dataset(DataSpec("synthetic", 32, seed=1))
     seen = {theirs.files[i] for split in ("train", "val") for i in theirs.splits[split]}
@@ -160,13 +167,13 @@ def test_images_the_champion_trained_on_are_left_out(store, weak, strong):
 
 
 def test_racing_promotions_leave_the_better_model_as_champion(store, weak, medium, strong):
-    promote(weak, "race")
+    promote(weak, "race", export=())
     start, results, errors = threading.Barrier(2), {}, []
 
     def run(key: str, run_id: str) -> None:
         try:
             start.wait()
-            results[key] = promote(run_id, "race")
+            results[key] = promote(run_id, "race", export=())
         except Exception as exc:  # surfaced below; a thread cannot fail the test itself
             errors.append(exc)
 
@@ -186,12 +193,12 @@ def test_racing_promotions_leave_the_better_model_as_champion(store, weak, mediu
 def test_a_waiting_promotion_rereads_the_champion_after_taking_the_lock(
         store, weak, medium, strong, tmp_path):
     lock_url = str(tmp_path / "optuna.journal")
-    promote(weak, "reread", lock_url=lock_url)
+    promote(weak, "reread", lock_url=lock_url, export=())
     better = mlflow.register_model(find_serving_model(strong), "reread").version
     client, out = MlflowClient(), []
     with promotion_lock(lock_url, "reread"):
         waiting = threading.Thread(target=lambda: out.append(
-            promote(medium, "reread", lock_url=lock_url)))
+            promote(medium, "reread", lock_url=lock_url, export=())))
         waiting.start()
         deadline = time.monotonic() + 300
         while int(alias("reread", CANDIDATE)) <= int(better):  # not yet registered

@@ -38,8 +38,8 @@ SPLIT_SOURCE = "split_source"
 GROUP_BY = "group_by"
 DROP_CROSS_SPLIT_DUPLICATES = "drop_cross_split_duplicates"
 PARAM_COUNT = "param_count"
-PEAK_LEARNING_RATE = "peak_learning_rate"
-ENSEMBLE_MEMBERS = "ensemble_members"  # the trial runs an ensemble averages  # `learning_rate: auto` resolved
+PEAK_LEARNING_RATE = "peak_learning_rate"  # `learning_rate: auto` resolved
+ENSEMBLE_MEMBERS = "ensemble_members"  # the trial runs an ensemble averages
 
 # Hyper-parameters an Optuna trial samples; logged under these same names.
 SAMPLED_PARAMS = (TIER, BACKBONE, LEARNING_RATE, BATCH_SIZE, PATIENCE)
@@ -133,7 +133,22 @@ def val_test_gap(kind: str) -> str:
 
 # --- tags -------------------------------------------------------------------
 TAG_DEVICE = "leukoml.device"
-TAG_ROLE = "leukoml.role"  # "train", "study", "trial", "worker", "explain", "promotion"
+TAG_ROLE = "leukoml.role"  # one of Role's values: what the run is
+
+
+class Role:
+    """The values of `TAG_ROLE`."""
+
+    TRAIN, STUDY, WORKER, TRIAL, ENSEMBLE = "train", "study", "worker", "trial", "ensemble"
+    REPORT, PROMOTION, EXPLAIN, EXPORT = "report", "promotion", "explain", "export"
+    EVALUATE = "evaluate"
+
+
+def role_filter(role: str) -> str:
+    """An MLflow `search_runs` filter for the runs of one role."""
+    return f"tags.`{TAG_ROLE}` = '{role}'"
+
+
 TAG_STUDY_NAME = "study_name"
 TAG_GRADCAM_LAYER = "leukoml.gradcam_layer"
 TAG_LEAKAGE = "leukoml.leakage_warning"
@@ -150,6 +165,33 @@ TAG_FAILURE = "leukoml.failure"
 TAG_STOPPED = "leukoml.stopped"
 TAG_FINISHED_BY = "leukoml.finished_by_run"  # on a parent run a later run finished
 RESUMED_AT_EPOCH = "resumed_at_epoch"  # metric: a retried trial restored this many epochs
+
+# --- the Model Registry: aliases, and tags of a model version ------------------------
+CANDIDATE = "candidate"  # every registered version, last first
+CHAMPION = "champion"  # the version served: moved only when better
+TAG_DECISION = "leukoml.promotion.decision"  # "champion" or "not promoted"
+TAG_REASON = "leukoml.promotion.reason"
+TAG_CANDIDATE_F1 = "leukoml.promotion.candidate_macro_f1"
+TAG_CHAMPION_F1 = "leukoml.promotion.champion_macro_f1"
+TAG_DIFFERENCE_CI = "leukoml.promotion.difference_ci"
+TAG_DISTINGUISHABLE = "leukoml.promotion.distinguishable"
+TAG_COMPARED_WITH = "leukoml.promotion.compared_with_version"
+TAG_EVAL_IMAGES = "leukoml.promotion.eval_images"
+TAG_PROMOTED_VERSION = "leukoml.promotion.model_version"  # on a promote run: name/version
+TAG_EXPORT = "leukoml.export"  # on a champion version: the formats exported, or the error
+# model-version tags beyond the params they copy
+TAG_VERSION_STUDY = "study"
+TAG_VERSION_TRIAL = "trial"
+TAG_SOURCE_RUN = "source_run_id"
+
+# --- export (ONNX, TFLite, SavedModel) -------------------------------------------------
+EXPORT_DIR = "export"  # run artifacts: the exported files and export.json
+
+
+def export_metric(fmt: str, key: str, member: int | None = None) -> str:
+    """export_<fmt>_<key> (max_abs_diff, bytes), _member<k> in an ensemble."""
+    return f"export_{fmt}_{key}" + ("" if member is None else f"_member{member}")
+
 
 # --- Optuna study and trial attributes ------------------------------------------------
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study: the study's MLflow parent run

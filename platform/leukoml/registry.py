@@ -38,20 +38,6 @@ from leukoml.serving import (
 
 log = logging.getLogger(__name__)
 
-CANDIDATE = "candidate"
-CHAMPION = "champion"
-TAG_DECISION = "leukoml.promotion.decision"  # "champion" or "not promoted"
-TAG_REASON = "leukoml.promotion.reason"
-TAG_CANDIDATE_F1 = "leukoml.promotion.candidate_macro_f1"
-TAG_CHAMPION_F1 = "leukoml.promotion.champion_macro_f1"
-TAG_DIFFERENCE_CI = "leukoml.promotion.difference_ci"
-TAG_DISTINGUISHABLE = "leukoml.promotion.distinguishable"
-TAG_COMPARED_WITH = "leukoml.promotion.compared_with_version"
-TAG_EVAL_IMAGES = "leukoml.promotion.eval_images"
-# Model-version tags beyond the names.* params they copy.
-TAG_STUDY = "study"
-TAG_TRIAL = "trial"
-TAG_SOURCE_RUN = "source_run_id"
 _EVAL_BATCH = 64
 
 
@@ -72,16 +58,16 @@ class PromotionResult:
     def tags(self) -> dict[str, str]:
         """The decision as model-version tags."""
         values = {
-            TAG_DECISION: "champion" if self.promoted else "not promoted",
-            TAG_REASON: self.reason,
-            TAG_CANDIDATE_F1: f"{self.candidate_f1:.6f}",
-            TAG_CHAMPION_F1: None if self.champion_f1 is None else f"{self.champion_f1:.6f}",
-            TAG_COMPARED_WITH: self.previous_champion,
-            TAG_EVAL_IMAGES: str(self.eval_images),
+            names.TAG_DECISION: "champion" if self.promoted else "not promoted",
+            names.TAG_REASON: self.reason,
+            names.TAG_CANDIDATE_F1: f"{self.candidate_f1:.6f}",
+            names.TAG_CHAMPION_F1: None if self.champion_f1 is None else f"{self.champion_f1:.6f}",
+            names.TAG_COMPARED_WITH: self.previous_champion,
+            names.TAG_EVAL_IMAGES: str(self.eval_images),
         }
         if self.difference is not None:
-            values[TAG_DIFFERENCE_CI] = str(self.difference.interval)
-            values[TAG_DISTINGUISHABLE] = str(self.difference.distinguishable).lower()
+            values[names.TAG_DIFFERENCE_CI] = str(self.difference.interval)
+            values[names.TAG_DISTINGUISHABLE] = str(self.difference.distinguishable).lower()
         return {k: v for k, v in values.items() if v is not None}
 
 
@@ -100,6 +86,7 @@ class EvalImages:
     class_names: list[str]
     sha256: list[str]
     groups: np.ndarray  # source group per file: intervals resample these
+    check_files: list[Path]  # validation images an export's parity is checked on
 
 
 def _split_data(run_id: str):
@@ -118,12 +105,30 @@ def eval_images(run_id: str) -> EvalImages:
     data = _split_data(run_id)
     idx = data.splits["test"]
     return EvalImages(
+        check_files=_validation_files(data),
         files=[data.root / data.files[i] for i in idx],
         labels=[data.class_names[data.labels[i]] for i in idx],
         class_names=list(data.class_names),
         sha256=[data.decoded.sha256[i] for i in idx],
         groups=data.group_ids()[idx],
     )
+
+
+def _validation_files(data) -> list[Path]:
+    from leukoml.serving.export import CHECK_IMAGES
+
+    return [data.root / data.files[i] for i in data.splits["val"][:CHECK_IMAGES]]
+
+
+def validation_files(run_id: str) -> list[Path]:
+    """Validation images of a run an export's parity is checked on; [] if its split
+    cannot be rebuilt here (the export then checks synthetic renders)."""
+    try:
+        return _validation_files(_split_data(run_id))
+    except LeukomlError as exc:
+        log.warning("cannot rebuild the split of run %s (%s): parity is checked on "
+                    "synthetic renders", run_id, exc)
+        return []
 
 
 def seen_in_training(run_id: str) -> set[str] | None:
@@ -168,9 +173,9 @@ def run_tags(run: mlflow.entities.Run) -> dict[str, str]:
     """What a model version should say about its training run: study, trial, data, scores."""
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     values = {
-        TAG_SOURCE_RUN: run.info.run_id,
-        TAG_STUDY: tags.get(names.TAG_OPTUNA_STUDY) or tags.get(names.TAG_STUDY_NAME),
-        TAG_TRIAL: tags.get(names.TAG_OPTUNA_TRIAL),
+        names.TAG_SOURCE_RUN: run.info.run_id,
+        names.TAG_VERSION_STUDY: tags.get(names.TAG_OPTUNA_STUDY) or tags.get(names.TAG_STUDY_NAME),
+        names.TAG_VERSION_TRIAL: tags.get(names.TAG_OPTUNA_TRIAL),
         names.BACKBONE: params.get(names.BACKBONE),
         names.IMAGE_SIZE: params.get(names.IMAGE_SIZE),
         names.DATASET_FINGERPRINT: params.get(names.DATASET_FINGERPRINT),
@@ -206,6 +211,7 @@ def promote(
     force: bool = False,
     lock_url: str | None = None,
     lock_timeout: float = DEFAULT_TIMEOUT,
+    export: tuple[str, ...] | None = None,
 ) -> PromotionResult:
     """Register run `run_id`'s served model as a new version; make it champion if it is better.
 
@@ -214,15 +220,16 @@ def promote(
     on the candidate run's test images (minus any the champion trained on),
     or when `force`. Classes that differ make the scores incomparable: the
     champion stays unless `force`. Everything that can fail is checked, and
-    the test images rebuilt, before the version is registered.
+    the test images rebuilt, before the version is registered. A new champion
+    is exported to `export` (default ONNX and TFLite; () for none).
     """
     run, source, _ = check_promotable(run_id)
     test = eval_images(run_id)
     client = MlflowClient()
     version = str(mlflow.register_model(source, model_name, tags=run_tags(run)).version)
-    client.set_registered_model_alias(model_name, CANDIDATE, version)
+    client.set_registered_model_alias(model_name, names.CANDIDATE, version)
     log.info("run %s registered as %s version %s (alias %s)", run_id, model_name, version,
-             CANDIDATE)
+             names.CANDIDATE)
 
     # The candidate's scores do not depend on the champion: compute them before waiting.
     candidate = mlflow.pyfunc.load_model(_version_uri(model_name, version))
@@ -230,18 +237,48 @@ def promote(
 
     with promotion_lock(lock_url, model_name, lock_timeout):
         # Read the champion only now: it may have moved while this waited for the lock.
-        previous = client.get_registered_model(model_name).aliases.get(CHAMPION)
+        previous = client.get_registered_model(model_name).aliases.get(names.CHAMPION)
         previous = None if previous is None else str(previous)
         result = _decide(client, model_name, version, run_id, previous, test, candidate_labels,
                          force)
         if result.promoted:
-            client.set_registered_model_alias(model_name, CHAMPION, version)
+            client.set_registered_model_alias(model_name, names.CHAMPION, version)
         for key, value in result.tags().items():
             client.set_model_version_tag(model_name, version, key, value)
     log.info("%s version %s %s: %s", model_name, version,
              "is the champion" if result.promoted else f"not promoted (champion stays "
              f"version {result.champion_version})", result.reason)
+    if result.promoted and export != ():
+        export_champion(run_id, model_name, version, candidate, test.check_files, export)
     return result
+
+
+def export_champion(run_id: str, model_name: str, version: str, pyfunc, check_files,
+                    formats: tuple[str, ...] | None = None) -> None:
+    """The new champion's network as ONNX and TFLite in its run's `export/`, with parity
+    (on validation images) and size as run metrics; a failed export is tagged on the
+    version, and does not undo a promotion that is already made."""
+    import tempfile
+
+    from leukoml.serving.export import DEFAULT_FORMATS, export_metrics, export_served
+
+    formats = formats or DEFAULT_FORMATS
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory(prefix="leukoml-export-") as folder:
+        try:
+            summary = export_served(pyfunc.unwrap_python_model(), folder, formats,
+                                    [path.read_bytes() for path in check_files])
+        except Exception as exc:
+            log.warning("%s version %s: export failed: %s", model_name, version, exc)
+            client.set_model_version_tag(model_name, version, names.TAG_EXPORT,
+                                         f"failed: {type(exc).__name__}: {exc}"[:1000])
+            return
+        client.log_artifacts(run_id, folder, names.EXPORT_DIR)
+    for key, value in export_metrics(summary).items():
+        client.log_metric(run_id, key, value)
+    client.set_model_version_tag(model_name, version, names.TAG_EXPORT,
+                                 f"{','.join(formats)} in runs:/{run_id}/"
+                                 f"{names.EXPORT_DIR} (parity on {summary['parity_checked_on']})")
 
 
 def _decide(

@@ -34,8 +34,8 @@ def lab(tmp_path_factory):
     with sqlite_store(folder, "evaluate") as store:
         first, _ = train_tiny(store.experiment)
         second, _ = train_tiny(store.experiment, seed=1)
-        promote(first, MODEL, force=True)
-        promote(second, MODEL)  # version 2, champion or not
+        promote(first, MODEL, force=True, export=())
+        promote(second, MODEL, export=())  # version 2, champion or not
         source = resolve_data("synthetic:per_class=12,seed=7,size=48")  # not the training seed
         for lab_name, synthetic in LAB_CLASSES.items():
             shutil.copytree(source / synthetic, folder / "lab" / lab_name)
@@ -53,7 +53,7 @@ def evaluate(lab, *params: str):
 
 def evaluation_runs(lab) -> list:
     client = MlflowClient(lab.uri)
-    return client.search_runs([lab.experiment], f"tags.`{names.TAG_ROLE}` = 'evaluate'",
+    return client.search_runs([lab.experiment], names.role_filter(names.Role.EVALUATE),
                               run_view_type=ViewType.ALL)
 
 

@@ -113,7 +113,7 @@ def trial_runs(client: MlflowClient, experiment: str, parent: str) -> dict[int, 
     """Trial number -> the trial runs nested under `parent`."""
     runs = client.search_runs(
         [experiment], f"tags.`{names.TAG_PARENT_RUN}` = '{parent}' "
-                      f"and tags.`{names.TAG_ROLE}` = 'trial'")
+                      f"and {names.role_filter(names.Role.TRIAL)}")
     by_number: dict[int, list] = {}
     for run in runs:
         by_number.setdefault(int(run.data.tags[names.TAG_OPTUNA_TRIAL]), []).append(run)
@@ -248,11 +248,11 @@ def test_workers_share_one_study_under_one_parent_and_promote_once(
     # each worker sampled for itself: no two trials share parameters
     assert len({t.params["learning_rate"] for t in trials}) == n_trials
 
-    parents = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'study'")
+    parents = client.search_runs([experiment], names.role_filter(names.Role.STUDY))
     assert len(parents) == 1
     parent = parents[0].info.run_id
     assert study.user_attrs[PARENT_RUN_ATTR] == parent
-    joined = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'worker'")
+    joined = client.search_runs([experiment], names.role_filter(names.Role.WORKER))
     assert len(joined) == 2 and {r.data.tags[names.TAG_PARENT_RUN] for r in joined} == {parent}
 
     by_number = trial_runs(client, experiment, parent)
@@ -341,8 +341,8 @@ def test_a_killed_worker_has_its_trial_failed_retried_and_the_study_completes(
     # survivor finished the study, naming the run that did
     assert "worker lost" in parent.data.tags[names.TAG_FAILURE]
     assert parent.info.status == "FINISHED"
-    survivor_run = [r for r in client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = "
-                                                  "'worker'")]
+    survivor_run = [r for r in client.search_runs([experiment],
+                                                  names.role_filter(names.Role.WORKER))]
     assert [r.info.run_id for r in survivor_run] == [parent.data.tags[names.TAG_FINISHED_BY]]
     by_number = trial_runs(client, experiment, parent.info.run_id)
     assert sorted(by_number) == sorted([victim.number] + [t.number for t in others])

@@ -80,7 +80,7 @@ def test_search_nests_trials_prunes_survives_failures_and_resumes(
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("e2e-search").experiment_id
-    parents = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'study'")
+    parents = client.search_runs([experiment], names.role_filter(names.Role.STUDY))
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.tags[names.TAG_STUDY_NAME] == "tiny"
@@ -90,7 +90,7 @@ def test_search_nests_trials_prunes_survives_failures_and_resumes(
 
     children = client.search_runs(
         [experiment], f"tags.`{names.TAG_PARENT_RUN}` = '{parent.info.run_id}' "
-                      f"and tags.`{names.TAG_ROLE}` = 'trial'")
+                      f"and {names.role_filter(names.Role.TRIAL)}")
     assert len(children) == 6
     by_number = {int(r.data.tags[names.TAG_OPTUNA_TRIAL]): r for r in children}
     assert sorted(by_number) == list(range(6))
@@ -158,7 +158,7 @@ def test_search_nests_trials_prunes_survives_failures_and_resumes(
                images=images, output_dir=out)
     assert sorted(p.name for p in out.iterdir()) == [
         "eosinophil.png.gradcam.png", "lymphocyte.png.gradcam.png", "monocyte.png.gradcam.png"]
-    explain_runs = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'explain'")
+    explain_runs = client.search_runs([experiment], names.role_filter(names.Role.EXPLAIN))
     logged = client.list_artifacts(explain_runs[0].info.run_id, names.GRADCAM_DIR)
     assert len(logged) == 3
 
@@ -171,10 +171,10 @@ def test_search_nests_trials_prunes_survives_failures_and_resumes(
         assert (t.state, t.value, t.params) == before[t.number]
     children = client.search_runs(
         [experiment], f"tags.`{names.TAG_PARENT_RUN}` = '{parent.info.run_id}' "
-                      f"and tags.`{names.TAG_ROLE}` = 'trial'")
+                      f"and {names.role_filter(names.Role.TRIAL)}")
     numbers = sorted(int(r.data.tags[names.TAG_OPTUNA_TRIAL]) for r in children)
     assert numbers == list(range(8))
-    assert len(client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'study'")) == 1
+    assert len(client.search_runs([experiment], names.role_filter(names.Role.STUDY))) == 1
 
 
 @pytest.mark.parametrize("data", ["/no/such/folder", "one-class"])
@@ -237,7 +237,7 @@ def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
     try:  # kill it (the whole group, no goodbye) once its first trial has trained an epoch
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            trials = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'trial'")
+            trials = client.search_runs([experiment], names.role_filter(names.Role.TRIAL))
             if trials and client.get_metric_history(trials[0].info.run_id, "loss"):
                 break
             time.sleep(1)
@@ -246,7 +246,7 @@ def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
         os.killpg(leader.pid, signal.SIGKILL)
     finally:
         stop_process_group(leader)
-    [parent] = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'study'")
+    [parent] = client.search_runs([experiment], names.role_filter(names.Role.STUDY))
     assert parent.info.status == "RUNNING"  # nobody was left to say otherwise
 
     resumed = run_cli(args, env={k: env[k] for k in ("MLFLOW_TRACKING_URI",
@@ -259,5 +259,5 @@ def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # the killed trial, retried
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED"
-    [worker] = client.search_runs([experiment], f"tags.`{names.TAG_ROLE}` = 'worker'")
+    [worker] = client.search_runs([experiment], names.role_filter(names.Role.WORKER))
     assert parent.data.tags[names.TAG_FINISHED_BY] == worker.info.run_id

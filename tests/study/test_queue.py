@@ -14,6 +14,7 @@ import mlflow
 import optuna
 import pytest
 
+from leukoml import names
 from leukoml.errors import LeukomlError
 from leukoml.locks import rdb_url
 from leukoml.names import SURPLUS_ATTR, TICKET_ATTR
@@ -88,7 +89,7 @@ def test_a_trial_past_the_budget_is_failed_unrun_and_does_not_count(tracking_uri
     assert trial.state == FAIL and trial.user_attrs[SURPLUS_ATTR] and trial.params == {}
     assert trial.user_attrs["error"].startswith("not run")
     assert budget_used(study) == 0
-    assert mlflow.search_runs(filter_string="tags.`leukoml.role` = 'trial'").empty
+    assert mlflow.search_runs(filter_string=names.role_filter(names.Role.TRIAL)).empty
 
 
 def lost_trial(study: optuna.Study, storage) -> optuna.trial.FrozenTrial:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from leukoml import names
 from leukoml.commands._options import _int
 
@@ -32,7 +30,7 @@ def _run_explain(args) -> int:
 
     served = load_served_model(args.model_uri)
     with mlflow.start_run() as run:
-        mlflow.set_tags({names.TAG_ROLE: "explain", names.TAG_MODEL_URI: args.model_uri,
+        mlflow.set_tags({names.TAG_ROLE: names.Role.EXPLAIN, names.TAG_MODEL_URI: args.model_uri,
                          names.TAG_RUN_NAME: f"explain-{served.backbone}"})
         written = explain_images(served.keras_model, served.class_names, served.image_size,
                                  args.images, args.output_dir,
@@ -44,10 +42,9 @@ def _run_explain(args) -> int:
 
 
 def add_evaluate(sub) -> None:
-    from leukoml.external.plan import TTA_CHOICES
+    from leukoml.config import EVALUATE_TTA
 
-    p = sub.add_parser("evaluate", help="score a served model on your own labelled images",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("evaluate", help="score a served model on your own labelled images")
     _model_uri(p, "score")
     p.add_argument("--data", required=True,
                    help="a folder of class folders, or of images with a labels CSV")
@@ -57,7 +54,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--class-map", default="",
                    help="YAML mapping or external,model CSV from the folder's class names to "
                         "the model's (or 'unknown'); empty: match names case-insensitively")
-    p.add_argument("--tta", default="model", choices=TTA_CHOICES,
+    p.add_argument("--tta", default="model", choices=EVALUATE_TTA,
                    help="test-time views: as the model was registered, or none/flips/dihedral")
     p.add_argument("--compare-to", default="",
                    help="a second model scored on the same images, with a paired test")
@@ -94,12 +91,13 @@ def _run_evaluate(args) -> int:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a served model's network to ONNX and TFLite",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("export", help="export a served model's network to ONNX, TFLite or a "
+                                      "SavedModel, parity-checked against Keras")
     _model_uri(p, "export")
-    p.add_argument("--output-dir", default="exported", help="where the files are written "
-                   "(also logged to the run under export/)")
-    p.add_argument("--formats", default="onnx,tflite", help="onnx, tflite or both")
+    p.add_argument("--output-dir", "--out", default="exported", help="where the files are "
+                   "written (also logged to the run under export/)")
+    p.add_argument("--formats", "--format", default="onnx,tflite",
+                   help="onnx, tflite, savedmodel, or several joined by commas")
     p.set_defaults(func=_run_export)
 
 
@@ -111,19 +109,25 @@ def _run_export(args) -> int:
     serving_config(args.model_uri)  # a bad URI stops here, before TensorFlow
     import mlflow
 
+    from leukoml.registry import validation_files
     from leukoml.serving import load_served_model
+    from leukoml.serving.export import export_metrics
 
     served = load_served_model(args.model_uri)
-    summary = export_served(served, args.output_dir, formats)
+    check = validation_files(mlflow.models.get_model_info(args.model_uri).run_id)
+    summary = export_served(served, args.output_dir, formats,
+                            [path.read_bytes() for path in check])
     with mlflow.start_run() as run:
-        mlflow.set_tags({names.TAG_ROLE: "export", names.TAG_MODEL_URI: args.model_uri,
+        mlflow.set_tags({names.TAG_ROLE: names.Role.EXPORT, names.TAG_MODEL_URI: args.model_uri,
                          names.TAG_RUN_NAME: f"export-{served.backbone}"})
-        mlflow.log_artifacts(args.output_dir, "export")
+        mlflow.log_artifacts(args.output_dir, names.EXPORT_DIR)
+        mlflow.log_metrics(export_metrics(summary))
     for member in summary["members"]:
         print(f"{member['backbone']}: " + ", ".join(
-            f"{args.output_dir}/{member['files'][f]} (max |difference| from Keras "
-            f"{member['max_abs_difference'][f]:.1g})" for f in formats))
-    print(f"export.json says how to feed them; logged to run {run.info.run_id} under export/")
+            f"{args.output_dir}/{member['files'][f]} ({member['bytes'][f] / 1e6:.1f} MB, max "
+            f"|difference| from Keras {member['max_abs_difference'][f]:.1g})" for f in formats))
+    print(f"parity checked on {summary['parity_checked_on']}; export.json says how to feed "
+          f"them; logged to run {run.info.run_id} under {names.EXPORT_DIR}/")
     return 0
 
 

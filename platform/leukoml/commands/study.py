@@ -25,9 +25,10 @@ def add_search(sub) -> None:
     p.add_argument("--timeout", type=float, default=0,
                    help="seconds this worker may start trials for (0: the YAML's timeout)")
     p.add_argument("--study-name", default="",
-                   help="reuse a name to resume or join a study (default: a new one)")
+                   help="reuse a name to resume or join a study; empty: a new one, named by "
+                        "the time")
     p.add_argument("--storage", default="",
-                   help="Optuna storage URL or journal file (default: sqlite:///optuna.db)")
+                   help="Optuna storage URL or journal file; empty: sqlite:///optuna.db")
     p.add_argument("--model-name", default=names.DEFAULT_MODEL_NAME,
                    help="registered model the best trial is promoted into")
     p.set_defaults(func=_run_search)
@@ -36,15 +37,16 @@ def add_search(sub) -> None:
 def _run_search(args) -> int:
     import time
 
-    import mlflow
-
-    from leukoml.report import format_top, log_report
-    from leukoml.study import promote_best, run_search
-    from leukoml.study.search import check_search_inputs
+    from leukoml.study.inputs import check_search_inputs
     from leukoml.study.space import load_search_space
 
     space = load_search_space(args.search_space)
     check_search_inputs(space, args.data, args.storage or None)  # before any run or trial
+    import mlflow
+
+    from leukoml.report import format_top, log_report
+    from leukoml.study import promote_best, run_search
+
     study_name = args.study_name or f"{Path(args.search_space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     with mlflow.start_run():
         outcome = run_search(space, args.data, study_name, storage=args.storage or None,
@@ -66,7 +68,7 @@ def add_report(sub) -> None:
     p = sub.add_parser("report", help="rebuild a study's report from its Optuna storage")
     p.add_argument("--study-name", required=True, help="the study to report on")
     p.add_argument("--storage", default="",
-                   help="Optuna storage URL or journal file (default: sqlite:///optuna.db)")
+                   help="Optuna storage URL or journal file; empty: sqlite:///optuna.db")
     p.set_defaults(func=_run_report)
 
 
@@ -85,7 +87,7 @@ def _run_report(args) -> int:
         raise LeukomlError(f"no study named {args.study_name!r} in that storage") from None
     parent = study.user_attrs.get(names.PARENT_RUN_ATTR)
     with mlflow.start_run() as run:  # this run only points at the study's parent
-        mlflow.set_tags({names.TAG_ROLE: "report", names.TAG_STUDY_NAME: args.study_name,
+        mlflow.set_tags({names.TAG_ROLE: names.Role.REPORT, names.TAG_STUDY_NAME: args.study_name,
                          names.TAG_RUN_NAME: f"report-{args.study_name}",
                          **({names.TAG_PARENT_RUN: parent} if parent else {})})
         board = log_report(study, parent or run.info.run_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from leukoml import names
@@ -13,8 +12,7 @@ def add_train(sub) -> None:
     """One option per `TrainConfig` field: name, type, default and help come from it."""
     from leukoml.config import TrainConfig
 
-    p = sub.add_parser("train", help="train one backbone and log it to MLflow",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("train", help="train one backbone and log it to MLflow")
     for name, (default, param) in TrainConfig.params().items():
         p.add_argument(option(name), dest=name, type=OPTION_TYPES[param.kind], default=default,
                        choices=param.choices or None, help=param.help)
@@ -34,7 +32,7 @@ def _run_train(args) -> int:
     data = prepare_dataset(config.data_spec())
     _warn_if_leaking(data)
     with start_run_with_system_metrics():
-        mlflow.set_tags({names.TAG_ROLE: "train", names.TAG_RUN_NAME: f"train-{config.backbone}"})
+        mlflow.set_tags({names.TAG_ROLE: names.Role.TRAIN, names.TAG_RUN_NAME: f"train-{config.backbone}"})
         result = train_and_log(config, data)
         run_id = mlflow.active_run().info.run_id
     m = result.metrics
@@ -64,6 +62,9 @@ def add_promote(sub) -> None:
     p.add_argument("--lock-url", default="",
                    help="postgresql://... (advisory lock), sqlite:///path or a file path (file "
                         "lock beside it); empty: a file lock in the leukoml cache dir")
+    p.add_argument("--export", default="onnx,tflite",
+                   help="formats a new champion is exported to (onnx, tflite, savedmodel), "
+                        "or none")
     p.set_defaults(func=_run_promote)
 
 
@@ -72,15 +73,17 @@ def _run_promote(args) -> int:
 
     from leukoml import names
     from leukoml.registry import check_promotable, promote
+    from leukoml.serving.export import parse_formats
 
+    export = () if args.export.strip().lower() == "none" else parse_formats(args.export)
     check_promotable(args.run_id)  # a bad run id stops here: nothing registered, no run
     with mlflow.start_run():
-        mlflow.set_tags({names.TAG_ROLE: "promotion",
+        mlflow.set_tags({names.TAG_ROLE: names.Role.PROMOTION,
                          names.TAG_RUN_NAME: f"promote-{args.model_name}"})
         result = promote(args.run_id, args.model_name, force=args.force,
-                         lock_url=args.lock_url or None)
+                         lock_url=args.lock_url or None, export=export)
         mlflow.set_tags({**result.tags(),
-                         "leukoml.promotion.model_version": f"{args.model_name}/{result.version}"})
+                         names.TAG_PROMOTED_VERSION: f"{args.model_name}/{result.version}"})
     verdict = "is the champion" if result.promoted else (
         f"is not promoted; champion stays version {result.champion_version}")
     print(f"{args.model_name} version {result.version} (run {args.run_id}) {verdict}: "

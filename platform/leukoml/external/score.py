@@ -233,7 +233,7 @@ def log_result(plan: EvaluationPlan, result: ExternalResult, model,
                predictions: Predictions) -> None:
     """Everything to the active run; the metrics also on the evaluated logged model."""
     images = plan.images
-    mlflow.set_tags({names.TAG_ROLE: "evaluate", names.TAG_EVALUATED_MODEL: plan.model.uri,
+    mlflow.set_tags({names.TAG_ROLE: names.Role.EVALUATE, names.TAG_EVALUATED_MODEL: plan.model.uri,
                      names.TAG_RUN_NAME: f"evaluate-{images.root.name}",
                      names.TAG_VERDICT: result.verdict[:500],
                      **({names.TAG_EVALUATED_VERSION: plan.model.version}

@@ -5,8 +5,11 @@ phone or an ONNX runtime feeds it RGB images of `image_size` px as float32
 0-255. What runs around the network in the served pyfunc (decoding, the cell
 crop, test-time views, the temperature) is written beside it in
 `export.json`, so a consumer can do the same; parity is measured on the same
-images through Keras and through each runtime, and an export whose outputs
-drift is refused.
+images (32 of the run's validation images when they are at hand, else
+synthetic renders) through Keras and through each runtime, and an export
+whose outputs drift beyond its format's tolerance is refused. Promotion to
+champion exports the new champion (`leukoml.registry`); `leukoml export`
+exports any version.
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
+from leukoml import names
 from leukoml.errors import LeukomlError
+from leukoml.progress import progress
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "tflite")
-PARITY_TOLERANCE = 1e-3  # max |probability difference| against Keras on the check images
+FORMATS = ("onnx", "tflite", "savedmodel")
+DEFAULT_FORMATS = ("onnx", "tflite")
+# max |probability difference| against Keras on the check images: float32 graphs
+PARITY_TOLERANCE = {"onnx": 1e-4, "tflite": 1e-3, "savedmodel": 1e-5}
+CHECK_IMAGES = 32
 
 
-def _check_images(size: int, count: int = 8, seed: int = 0) -> np.ndarray:
+def _check_images(size: int, count: int = CHECK_IMAGES, seed: int = 0) -> np.ndarray:
     """Synthetic smear renders at the model's size, as float32 0-255."""
     from leukoml.data import SYNTHETIC_CLASSES, render_cell
 
@@ -37,11 +45,8 @@ def _check_images(size: int, count: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def _onnx(model, path: Path, images: np.ndarray) -> np.ndarray:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise LeukomlError("ONNX export needs tf2onnx and onnxruntime: pip install -e "
-                           "'.[export]'") from None
+    import onnxruntime
+
     logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)  # parity is checked below
     model.export(str(path), format="onnx", verbose=False)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -65,7 +70,16 @@ def _tflite(model, path: Path, images: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(outputs["index"])
 
 
-_EXPORTERS = {"onnx": (_onnx, "model.onnx"), "tflite": (_tflite, "model.tflite")}
+def _savedmodel(model, path: Path, images: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    model.export(str(path), format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(path))  # held: its variables must outlive the call
+    return np.asarray(loaded.serve(tf.constant(images)))
+
+
+_EXPORTERS = {"onnx": (_onnx, "model.onnx"), "tflite": (_tflite, "model.tflite"),
+              "savedmodel": (_savedmodel, "saved_model")}
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -76,18 +90,34 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return chosen
 
 
-def export_served(served, output_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> dict:
-    """Export each member network of a loaded leukoml pyfunc; return what `export.json` says."""
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() \
+        else path.stat().st_size
+
+
+def export_served(served, output_dir: str | Path, formats: tuple[str, ...] = DEFAULT_FORMATS,
+                  check_files: list[bytes] | None = None) -> dict:
+    """Export each member network of a loaded leukoml pyfunc; return what `export.json` says.
+
+    `check_files` (image file bytes, e.g. validation images) are decoded as each member
+    reads them for the parity check; without them, synthetic renders are used."""
+    from leukoml.serving.runtime import decode_files
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = served.config
+    check = (f"{len(check_files)} validation images" if check_files
+             else f"{CHECK_IMAGES} synthetic renders")
     summary = {"class_names": list(served.class_names), "input": "float32 RGB 0-255, NHWC",
-               "ensemble_temperature": config.temperature, "members": []}
+               "ensemble_temperature": config.temperature, "parity_checked_on": check,
+               "members": []}
     for index, (member, network) in enumerate(zip(config.members, served.keras_models)):
-        images = _check_images(member.image_size)
+        images = (decode_files(check_files, member, served.limits).astype(np.float32)
+                  if check_files else _check_images(member.image_size))
         reference = np.asarray(network(images, training=False))
-        entry = {**asdict(member), "files": {}, "max_abs_difference": {}, "seconds": {}}
-        for name in formats:
+        entry = {**asdict(member), "files": {}, "max_abs_difference": {}, "bytes": {},
+                 "seconds": {}}
+        for name in progress(formats, len(formats), f"export {member.backbone}", unit="format"):
             export, file_name = _EXPORTERS[name]
             path = output_dir / (f"member{index}_{file_name}" if len(config.members) > 1
                                  else file_name)
@@ -95,12 +125,27 @@ def export_served(served, output_dir: str | Path, formats: tuple[str, ...] = FOR
             got = np.asarray(export(network, path, images))
             entry["seconds"][name] = round(time.perf_counter() - started, 1)
             difference = float(np.abs(got - reference).max())
-            if not difference <= PARITY_TOLERANCE:
+            if not difference <= PARITY_TOLERANCE[name]:
                 raise LeukomlError(f"{name} export of {member.backbone} differs from Keras by "
-                                   f"{difference:.2g} (> {PARITY_TOLERANCE:g}); not exported")
+                                   f"{difference:.2g} (> {PARITY_TOLERANCE[name]:g}); not "
+                                   f"exported")
             entry["files"][name], entry["max_abs_difference"][name] = path.name, difference
+            entry["bytes"][name] = _size(path)
             log.info("%s: %s, max |difference| from Keras %.2g", member.backbone, path.name,
                      difference)
         summary["members"].append(entry)
     (output_dir / "export.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def export_metrics(summary: dict) -> dict[str, float]:
+    """Parity and size per format (and member, in an ensemble) as MLflow metrics."""
+    members = summary["members"]
+    metrics = {}
+    for index, entry in enumerate(members):
+        member = index if len(members) > 1 else None
+        for name in entry["files"]:
+            metrics[names.export_metric(name, "max_abs_diff", member)] = \
+                entry["max_abs_difference"][name]
+            metrics[names.export_metric(name, "bytes", member)] = float(entry["bytes"][name])
+    return metrics

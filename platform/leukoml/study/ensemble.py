@@ -88,7 +88,7 @@ def build_ensemble(study: optuna.Study, size: int = DEFAULT_SIZE,
     tested = evaluate_predictions(first.labels[test_idx], test.argmax(axis=1),
                                   first.class_names, groups[test_idx])
     parent = parent_run_id or study.user_attrs.get(names.PARENT_RUN_ATTR)
-    tags = {names.TAG_ROLE: "ensemble", names.TAG_OPTUNA_STUDY: study.study_name,
+    tags = {names.TAG_ROLE: names.Role.ENSEMBLE, names.TAG_OPTUNA_STUDY: study.study_name,
             names.TAG_RUN_NAME: f"ensemble-top{len(trials)}"}
     if parent:
         tags[names.TAG_PARENT_RUN] = parent

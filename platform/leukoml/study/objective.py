@@ -69,7 +69,7 @@ class Objective:
             run_name=names.trial_run_name(trial.number, config.backbone),
             tags={
                 names.TAG_PARENT_RUN: self.parent_run_id,
-                names.TAG_ROLE: "trial",
+                names.TAG_ROLE: names.Role.TRIAL,
                 names.TAG_OPTUNA_STUDY: self.study_name,
                 names.TAG_OPTUNA_TRIAL: str(trial.number),
                 names.TAG_OPTUNA_STATE: "RUNNING",

@@ -116,22 +116,6 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     print("  ".join(parts), flush=True)
 
 
-def check_search_inputs(space: SearchSpace, data: str, storage: str | None) -> None:
-    """Everything a study needs that can be wrong, checked before any MLflow run, Optuna
-    trial or TensorFlow import: the data folder (listed, not decoded), its grouping, and
-    the storage URL. Raises one `LeukomlError`."""
-    from leukoml.data import DataSpec, list_source, parse_synthetic
-
-    spec = DataSpec(source=data, seed=space.seed,
-                    group_by=space.split.get("group_by") or "siblings",
-                    follow_links=bool(space.value("follow_links")))
-    if parse_synthetic(str(data).strip()) is None:  # the synthetic set is rendered, not listed
-        list_source(spec)
-    else:
-        spec.validated()
-    open_storage(storage)  # unreachable: fails here, naming the URL
-
-
 def run_search(
     space: SearchSpace,
     data: str,
@@ -156,11 +140,11 @@ def run_search(
         raise RuntimeError("run_search needs an active MLflow run")
     study, parent_run_id = _open_study(space, study_name, storage_obj, active.info.run_id)
     if parent_run_id == active.info.run_id:
-        mlflow.set_tags({names.TAG_STUDY_NAME: study_name, names.TAG_ROLE: "study",
+        mlflow.set_tags({names.TAG_STUDY_NAME: study_name, names.TAG_ROLE: names.Role.STUDY,
                          names.TAG_RUN_NAME: f"study-{study_name}"})
         mlflow.log_text(space.source, f"{names.SEARCH_SPACE_DIR}/search_space.yaml")
     else:
-        mlflow.set_tags({names.TAG_STUDY_NAME: study_name, names.TAG_ROLE: "worker",
+        mlflow.set_tags({names.TAG_STUDY_NAME: study_name, names.TAG_ROLE: names.Role.WORKER,
                          names.TAG_PARENT_RUN: parent_run_id,
                          names.TAG_RUN_NAME: f"worker-{worker_name()}"})
         log.info("joining study %r: trials nest under parent run %s", study_name, parent_run_id)
