@@ -261,3 +261,11 @@ def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
     assert parent.info.status == "FINISHED"
     [worker] = client.search_runs([experiment], names.role_filter(names.Role.WORKER))
     assert parent.data.tags[names.TAG_FINISHED_BY] == worker.info.run_id
+    # the retry resumed from the killed trial's last finished epoch, not from epoch 0
+    [killed] = [t for t in study.trials if t.state.name == "FAIL"]
+    [retry] = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    retry_run = client.get_run(retry.user_attrs[names.RUN_ID_ATTR])
+    finished = len(client.get_metric_history(killed.user_attrs[names.RUN_ID_ATTR], "loss"))
+    resumed = retry_run.data.metrics[names.RESUMED_AT_EPOCH]
+    # (+1: the kill may fall between an epoch's backup and its logged loss)
+    assert 1 <= finished <= resumed <= finished + 1
