@@ -15,9 +15,6 @@ import argparse
 import base64
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,23 +26,8 @@ import requests
 from _common import machine, print_table, write_result
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "platform"))
-
-
-def train_tiny_model(image_size: int) -> str:
-    """A 1-epoch Asghar2022CNN on the synthetic set, logged with its serving pyfunc."""
-    import mlflow
-
-    from leukoml.config import TrainConfig
-    from leukoml.data import prepare_dataset
-    from leukoml.serving import log_serving_model
-    from leukoml.training import train_and_log
-
-    config = TrainConfig(image_size=image_size, max_epochs=1, augment="none")
-    data = prepare_dataset(config.data, image_size, seed=config.seed)
-    with mlflow.start_run() as run:
-        train_and_log(config, data)
-    return log_serving_model(run.info.run_id)
+sys.path.insert(0, str(REPO / "tests"))  # one free-port, server and tiny-run helper for all
+from helpers import find_free_port, server_process, train_tiny  # noqa: E402
 
 
 def request_images(n: int) -> list[str]:
@@ -54,45 +36,6 @@ def request_images(n: int) -> list[str]:
 
     files = sorted(resolve_data("synthetic").rglob("*.png"))[:n]
     return [base64.b64encode(f.read_bytes()).decode() for f in files]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(model_uri: str, port: int, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "-p", str(port), "--host", "127.0.0.1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"mlflow models serve exited; see {log_path}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                return proc
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit(f"mlflow models serve not up after 300 s; see {log_path}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 def timed(call, n: int, warmup: int = 5) -> dict[str, float]:
@@ -121,20 +64,23 @@ def main() -> None:
     import mlflow
 
     workdir = Path(tempfile.mkdtemp(prefix="leukoml-bench-"))
-    if not args.model_uri:  # a throw-away store, shared with the server through the env
+    info = machine()
+    model_uri = args.model_uri
+    if not model_uri:  # a throw-away store, shared with the server through the env
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        mlflow.set_experiment(experiment_id=mlflow.create_experiment(
-            "serving-benchmark", (workdir / "artifacts").as_uri()))
-    info = machine()
-    model_uri = args.model_uri or train_tiny_model(args.image_size)
+        experiment = mlflow.create_experiment("serving-benchmark",
+                                              (workdir / "artifacts").as_uri())
+        model_uri = train_tiny(experiment, image_size=args.image_size, max_epochs=1,
+                               tta="none")[1].model_uri
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     model = pyfunc.unwrap_python_model()
     images = request_images(32)
-    port = free_port()
-    server = start_server(model_uri, port, workdir / "serve.log")
+    port = find_free_port()
     rows = []
-    try:
+    with server_process(["mlflow", "models", "serve", "-m", model_uri, "--env-manager",
+                         "local", "-p", str(port), "--host", "127.0.0.1"], "/ping", port,
+                        workdir / "serve.log", timeout=300) as url:
         session = requests.Session()
         for batch, n in ((1, args.requests), (32, args.batch_requests)):
             payload = {"dataframe_split": {"columns": ["image"],
@@ -142,8 +88,7 @@ def main() -> None:
             frame = pd.DataFrame({"image": images[:batch]})
 
             def over_http(payload=payload):
-                response = session.post(f"http://127.0.0.1:{port}/invocations", json=payload,
-                                        timeout=120)
+                response = session.post(f"{url}/invocations", json=payload, timeout=120)
                 response.raise_for_status()
 
             def in_process(frame=frame):
@@ -154,8 +99,6 @@ def main() -> None:
                 result = timed(call, n)
                 rows.append({"where": where, "images_per_request": batch, **result,
                              "images_per_s": result["requests_per_s"] * batch})
-    finally:
-        stop_server(server)
 
     shutil.rmtree(workdir)  # kept on failure: the server log is there
     report = {"machine": info,

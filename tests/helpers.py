@@ -57,6 +57,18 @@ def make_experiment(tracking_uri: str, name: str, folder: Path) -> str:
     return client.create_experiment(name, artifact_location=(folder / "artifacts").as_uri())
 
 
+def mlflow_run_args(entry: str, experiment: str = "", experiment_id: str = "",
+                    **params) -> list[str]:
+    """`mlflow run <repo> -e <entry>` in this environment, into an experiment given by name
+    or id, with every keyword as `-P key=value`."""
+    args = ["mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local"]
+    args += ["--experiment-id", experiment_id] if experiment_id else [
+        "--experiment-name", experiment]
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    return args
+
+
 def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 900):
     """Run a command (e.g. `mlflow run ...`) with this venv first on PATH; return the result."""
     # the in-process test experiment is not the subprocess's (it names its own)

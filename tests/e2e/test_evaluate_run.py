@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import mlflow
 import pandas as pd
 import pytest
-from helpers import REPO, run_cli, sqlite_store, train_tiny
+from helpers import REPO, mlflow_run_args, run_cli, sqlite_store, train_tiny
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
@@ -44,10 +44,8 @@ def lab(tmp_path_factory):
 
 
 def evaluate(lab, *params: str):
-    args = ["mlflow", "run", str(REPO), "-e", "evaluate", "--env-manager", "local",
-            "--experiment-id", lab.experiment]
-    for param in params:
-        args += ["-P", param]
+    args = mlflow_run_args("evaluate", experiment_id=lab.experiment,
+                           **dict(param.split("=", 1) for param in params))
     return run_cli(args, env={"MLFLOW_TRACKING_URI": lab.uri})
 
 

@@ -23,7 +23,14 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import REPO, postgres_server, stop_process_group, tail, tracking_server
+from helpers import (
+    REPO,
+    mlflow_run_args,
+    postgres_server,
+    stop_process_group,
+    tail,
+    tracking_server,
+)
 from mlflow.tracking import MlflowClient
 
 from leukoml import names
@@ -75,10 +82,7 @@ def running_workers(
 ) -> Iterator[dict[Path, subprocess.Popen]]:
     """`count` processes of `mlflow run . -e search`, each in its own process group with
     its output in `folder/worker<i>.log`, yielded by log path; all stopped on exit."""
-    args = ["mlflow", "run", ".", "-e", "search", "--env-manager", "local",
-            "--experiment-name", experiment]
-    for key, value in params.items():
-        args += ["-P", f"{key}={value}"]
+    args = mlflow_run_args("search", experiment, **params)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
     env.update(HEARTBEAT, MLFLOW_TRACKING_URI=tracking_uri)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")

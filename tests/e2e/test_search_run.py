@@ -6,7 +6,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from helpers import make_experiment, run_cli
+from helpers import make_experiment, mlflow_run_args, run_cli
 from mlflow.tracking import MlflowClient
 
 from leukoml import names
@@ -49,11 +49,8 @@ MODEL = "e2e-wbc"
 
 
 def mlflow_run(tracking_uri, entry, **params):
-    args = ["mlflow", "run", ".", "-e", entry, "--env-manager", "local",
-            "--experiment-name", "e2e-search"]
-    for key, value in params.items():
-        args += ["-P", f"{key}={value}"]
-    proc = run_cli(args, env={"MLFLOW_TRACKING_URI": tracking_uri})
+    proc = run_cli(mlflow_run_args(entry, "e2e-search", **params),
+                   env={"MLFLOW_TRACKING_URI": tracking_uri})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -189,9 +186,8 @@ def test_a_bad_data_folder_stops_the_search_before_any_run_or_trial(
         data = str(tmp_path / "one-class")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     make_experiment(tracking_uri, "e2e-search", tmp_path)
-    proc = run_cli(["mlflow", "run", ".", "-e", "search", "--env-manager", "local",
-                    "--experiment-name", "e2e-search", "-P", f"data={data}",
-                    "-P", f"storage={storage}", "-P", "study_name=bad-data"],
+    proc = run_cli(mlflow_run_args("search", "e2e-search", data=data, storage=storage,
+                                   study_name="bad-data"),
                    env={"MLFLOW_TRACKING_URI": tracking_uri})
     assert proc.returncode != 0
     assert "leukoml search: error: data:" in proc.stderr
@@ -222,9 +218,8 @@ def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
         "weights": "none", "crop": "none", "augment": "none", "tta": "none", "max_epochs": 30,
         "learning_rate": 1e-3, "batch_size": 32, "patience": 30, "ensemble": 0,
         "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}, "n_trials": 2}))
-    args = ["mlflow", "run", ".", "-e", "search", "--env-manager", "local", "--experiment-name",
-            "e2e-search", "-P", f"data={DATA}", "-P", f"search_space={space}", "-P",
-            f"storage={storage}", "-P", "study_name=resumed", "-P", f"model_name={MODEL}"]
+    args = mlflow_run_args("search", "e2e-search", data=DATA, search_space=space,
+                           storage=storage, study_name="resumed", model_name=MODEL)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
     env.update(MLFLOW_TRACKING_URI=tracking_uri, LEUKOML_HEARTBEAT_SECONDS="2",
                LEUKOML_GRACE_SECONDS="6")

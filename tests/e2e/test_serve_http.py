@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from helpers import REPO, run_cli, sqlite_store, train_tiny
+from helpers import mlflow_run_args, run_cli, sqlite_store, train_tiny
 from PIL import Image
 
 from leukoml.data import SYNTHETIC_CLASSES, DataSpec, prepare_dataset, render_cell
@@ -31,9 +31,9 @@ def champion(tmp_path_factory):
     with sqlite_store(tmp_path_factory.mktemp("serve-http"), "serve-http") as store:
         run_id, _ = train_tiny(store.experiment)
         data = prepare_dataset(DataSpec.from_run(run_id))
-        proc = run_cli(["mlflow", "run", str(REPO), "-e", "promote", "--env-manager", "local",
-                        "--experiment-id", store.experiment, "-P", f"run_id={run_id}",
-                        "-P", f"model_name={MODEL}"], env={"MLFLOW_TRACKING_URI": store.uri})
+        proc = run_cli(mlflow_run_args("promote", experiment_id=store.experiment,
+                                       run_id=run_id, model_name=MODEL),
+                       env={"MLFLOW_TRACKING_URI": store.uri})
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert f"{MODEL} version 1 (run {run_id}) is the champion" in proc.stdout
         yield SimpleNamespace(uri=store.uri, folder=store.folder, data=data,

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import KAGGLE, make_experiment, run_cli, skip_without_real_data
+from helpers import KAGGLE, make_experiment, mlflow_run_args, run_cli, skip_without_real_data
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
@@ -25,11 +25,8 @@ EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1",
 
 def mlflow_run_train(tracking_uri: str, experiment: str, folder, **params):
     make_experiment(tracking_uri, experiment, folder)
-    args = ["mlflow", "run", ".", "-e", "train", "--env-manager", "local",
-            "--experiment-name", experiment]
-    for key, value in params.items():
-        args += ["-P", f"{key}={value}"]
-    proc = run_cli(args, env={"MLFLOW_TRACKING_URI": tracking_uri})
+    proc = run_cli(mlflow_run_args("train", experiment, **params),
+                   env={"MLFLOW_TRACKING_URI": tracking_uri})
     client = MlflowClient(tracking_uri)
     experiment_obj = client.get_experiment_by_name(experiment)
     runs = client.search_runs([experiment_obj.experiment_id]) if experiment_obj else []
@@ -123,9 +120,8 @@ def test_train_on_synthetic_data_logs_everything_and_learns(tracking_uri, tmp_pa
     assert counts.sum() == int(run.data.params[names.N_TEST])
 
     # train -> promote: the split is rebuilt from data/spec.json, never from the params
-    promote = run_cli(["mlflow", "run", ".", "-e", "promote", "--env-manager", "local",
-                       "--experiment-name", "e2e-train", "-P", f"run_id={run.info.run_id}",
-                       "-P", "model_name=e2e-promoted"],
+    promote = run_cli(mlflow_run_args("promote", "e2e-train", run_id=run.info.run_id,
+                                      model_name="e2e-promoted"),
                       env={"MLFLOW_TRACKING_URI": tracking_uri})
     assert promote.returncode == 0, promote.stderr[-4000:]
     champion = client.get_model_version_by_alias("e2e-promoted", "champion")
@@ -135,9 +131,9 @@ def test_train_on_synthetic_data_logs_everything_and_learns(tracking_uri, tmp_pa
 
 def test_promote_refuses_an_unknown_run_before_registering(tracking_uri, tmp_path):
     make_experiment(tracking_uri, "e2e-promote", tmp_path)
-    proc = run_cli(["mlflow", "run", ".", "-e", "promote", "--env-manager", "local",
-                    "--experiment-name", "e2e-promote", "-P", "run_id=0123456789abcdef",
-                    "-P", "model_name=e2e-never"], env={"MLFLOW_TRACKING_URI": tracking_uri})
+    proc = run_cli(mlflow_run_args("promote", "e2e-promote", run_id="0123456789abcdef",
+                                   model_name="e2e-never"),
+                   env={"MLFLOW_TRACKING_URI": tracking_uri})
     assert proc.returncode != 0
     assert "run_id: no run '0123456789abcdef'" in proc.stderr, proc.stderr[-3000:]
     assert not MlflowClient(tracking_uri).search_registered_models()
