@@ -335,8 +335,12 @@ def test_skipped_files_are_named_on_the_console_even_when_the_data_then_stops(tm
     for i in range(7):
         (root / "b" / f"bad{i}.jpg").write_text("text")
     with caplog.at_level("WARNING", logger="leukoml.data"), \
-            pytest.raises(LeukomlError, match="no readable image"):
+            pytest.raises(LeukomlError, match="no readable image") as stopped:
         prepare_dataset(DataSpec(str(root), 32))
     text = caplog.text
     assert "skipped 7 file(s)" in text and "b/bad0.jpg: not an image" in text
     assert "and 2 more" in text
+    # and the whole list survives the stop, in a file the error names
+    listed = Path(str(stopped.value).rsplit("are listed in ", 1)[1].rstrip(")"))
+    rows = listed.read_text().splitlines()
+    assert rows[0] == "file,reason" and len(rows) == 8 and rows[1].startswith("b/bad")

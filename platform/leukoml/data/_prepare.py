@@ -154,6 +154,30 @@ def prepare_dataset(spec: DataSpec) -> PreparedData:
         more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         log.warning("skipped %d file(s) that are not usable images (listed in the run's "
                     "data/skipped_files.csv): %s%s", len(skipped), shown, more)
+    try:
+        return _split(spec, root, listing, decoded, labels, files, folder_splits, skipped)
+    except LeukomlError as exc:
+        if not skipped:
+            raise
+        listed = _write_skipped(skipped, listing.fingerprint)
+        raise LeukomlError(f"{exc} (the {len(skipped)} skipped file(s) are listed in "
+                           f"{listed})") from None
+
+
+def _write_skipped(skipped: list[tuple[str, str]], fingerprint: str) -> Path:
+    """The skipped files of a dataset whose preparation stopped (no run to log them to)."""
+    import csv
+
+    path = cache_root() / "skipped" / f"{fingerprint}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([("file", "reason"), *skipped])
+    return path
+
+
+def _split(spec: DataSpec, root: Path, listing: Listing, decoded: DecodedImages, labels, files,
+           folder_splits, skipped) -> PreparedData:
+    """Group and split decoded images; check the split for copies and empty classes."""
     counts = np.bincount(labels, minlength=len(listing.class_names))
     for label, count in enumerate(counts):
         if count == 0:
