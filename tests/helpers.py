@@ -37,13 +37,17 @@ def write_image(path: Path, pixels: np.ndarray | None = None, size=(40, 40), **s
     return path
 
 
-def skip_without_real_data():
-    """Skip without ../shared/data, except in CI, which has it: there a skip would hide a
-    missing part, so it fails."""
-    if not KAGGLE.is_dir():
+def skip_unless_shared(present: bool, what: str) -> None:
+    """Skip when something of ../shared is missing, except in CI, which has it: there a
+    skip would hide a missing part, so it fails."""
+    if not present:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"real data not present at {KAGGLE}, and CI must have it")
-        pytest.skip(f"real data not present at {KAGGLE}")
+            pytest.fail(f"{what} not present, and CI must have it")
+        pytest.skip(f"{what} not present")
+
+
+def skip_without_real_data():
+    skip_unless_shared(KAGGLE.is_dir(), f"real data at {KAGGLE}")
 
 
 def make_experiment(tracking_uri: str, name: str, folder: Path) -> str:

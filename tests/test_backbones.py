@@ -7,7 +7,7 @@ import socket
 
 import keras
 import pytest
-from helpers import REPO
+from helpers import REPO, skip_unless_shared
 
 from leukoml.backbones import BACKBONES, TIERS, check_weights, get_backbone, list_backbones
 from leukoml.errors import LeukomlError
@@ -20,8 +20,7 @@ _TABLE_NAMES = {"VGG-19": "VGG19", "VGG-16": "VGG16", "Mobilenet_v3_large": "Mob
 
 def _table2() -> dict[str, tuple[int, float, str]]:
     papers = sorted(SEEDS.glob("002_*.txt"))
-    if not papers:
-        pytest.skip(f"source paper not present in {SEEDS}")
+    skip_unless_shared(bool(papers), f"the source paper in {SEEDS}")
     rows = re.findall(r"^(\S+) (\d+)×\d+ ([\d.]+) (High|Medium|Low)\s*$",
                       papers[0].read_text(), flags=re.M)
     return {_TABLE_NAMES.get(n, n): (int(size), float(p), tier.lower()) for n, size, p, tier in rows}

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from leukoml import names  # noqa: E402
 from leukoml.evaluation import plot_confusion  # noqa: E402
+from leukoml.progress import progress  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,8 @@ def build_report(study: optuna.Study) -> tuple[pd.DataFrame, dict[str, bytes], s
         row = best.iloc[0]
         figures["best_confusion_matrix.png"] = plot_best_confusion(
             row["run_id"], f"best trial #{row['number']} {row[names.BACKBONE]}: row-normalised")
-    pngs = {name: _png(fig) for name, fig in figures.items() if fig is not None}
+    pngs = {name: _png(fig) for name, fig in progress(figures.items(), len(figures), "report",
+                                                      unit="figure") if fig is not None}
     if not best.empty and best.iloc[0]["run_id"]:
         pngs.update(_gradcam_pngs(best.iloc[0]["run_id"]))
     return board, pngs, render_html(study, board, pngs, metric)

@@ -74,6 +74,7 @@ def test_search_nests_trials_prunes_survives_failures_and_resumes(
     states = [t.state.name for t in study.trials]
     assert len(states) == 6 and set(states) <= {"COMPLETE", "PRUNED", "FAIL"}
     assert states[0] == "COMPLETE" and states[1] == "FAIL"  # the grid's two backbones
+    assert study.metric_names == [study.user_attrs[names.OBJECTIVE_ATTR]]  # dashboards name it
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("e2e-search").experiment_id

@@ -18,6 +18,7 @@ from leukoml import names
 from leukoml.data import IMAGE_SUFFIXES, ImageError, PreparedData, decode_image
 from leukoml.errors import LeukomlError
 from leukoml.explain.core import TRACE_FROM_BATCHES, GradCam, overlay
+from leukoml.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,8 @@ def explain_images(
     # still reaches the traced step.
     chunk = 2 * TRACE_FROM_BATCHES * batch_size
     written = []
-    for start in range(0, len(files), chunk):
+    starts = range(0, len(files), chunk)
+    for start in progress(starts, len(starts), f"Grad-CAM ({len(files)} images)", unit="chunk"):
         decoded, kept = [], []
         for path, relative in files[start:start + chunk]:
             try:
