@@ -11,6 +11,9 @@ on. Phases (each optional):
   inside its validation interval; the study's wall time against its budget.
 - `ensemble`: the study's top trials averaged (`leukoml.study.ensemble`).
 - `defaults`: `-e train` with every parameter at its default.
+- `selection`: does validation rank trials as test does? `cpu.yaml` at 64 px
+  without pruning and with short trials (`SELECTION`), so that many trials
+  complete with a test score, for the Spearman correlation across them.
 
     python benchmarks/kaggle_accuracy.py --minutes 90 --phases search,ensemble,defaults
 
@@ -73,18 +76,24 @@ def selection(study: optuna.Study) -> dict:
     }
 
 
-def search(data: str, minutes: float, storage: str) -> tuple[dict, optuna.Study]:
-    raw = yaml.safe_load(CPU_SPACE.read_text())
-    raw["timeout"] = minutes * 60
-    space = parse_search_space(raw, source=CPU_SPACE.read_text())
+# the selection phase's changes to cpu.yaml: every trial runs to a test score
+SELECTION = {"image_size": 64, "max_epochs": 10, "patience": 4, "warmup_epochs": 1,
+             "pruner": {"name": "none"}, "ensemble": 0}
+
+
+def search(data: str, minutes: float, storage: str, name: str = "kaggle-cpu",
+           changes: dict | None = None) -> tuple[dict, optuna.Study]:
+    raw = {**yaml.safe_load(CPU_SPACE.read_text()), **(changes or {}), "timeout": minutes * 60}
+    space = parse_search_space(raw, source=yaml.safe_dump(raw))
     started = time.perf_counter()
-    with mlflow.start_run(run_name="kaggle-cpu-study"):
-        outcome = run_search(space, data, "kaggle-cpu", storage=storage)
+    with mlflow.start_run(run_name=f"{name}-study"):
+        outcome = run_search(space, data, name, storage=storage)
     seconds = time.perf_counter() - started
     study = outcome.study
     epochs, states = spent(study)
     best = study.best_trial
-    result = {"search_space": str(CPU_SPACE.name), "budget_seconds": minutes * 60,
+    result = {"search_space": str(CPU_SPACE.name), "changes": changes or {},
+              "budget_seconds": minutes * 60,
               "seconds": round(seconds), "overrun": round(seconds / (minutes * 60) - 1, 4),
               "trials": sum(states[s] for s in RUN_STATES), "trial_states": dict(states),
               "epochs": epochs, "best_trial": best.number, "best_params": best.params,
@@ -119,6 +128,8 @@ def main() -> None:
     phases = set(args.phases.split(","))
     previous = RESULTS / "kaggle_accuracy.json"
     out = json.loads(previous.read_text()) if previous.is_file() else {}
+    for stale in ("image_size", "budget_minutes", "split", "split_sizes"):  # of an older run
+        out.pop(stale, None)
     out.update({"machine": machine(), "data": args.data, "author_test_accuracy": AUTHOR_ACCURACY})
     tracking, storage = scratch_stores("kaggle-accuracy", args.store or None)
     out["store"] = str(Path(storage.removeprefix("sqlite:///")).parent)
@@ -136,6 +147,10 @@ def main() -> None:
         write_result("kaggle_accuracy", out)
     if "defaults" in phases:
         out["train_defaults"] = defaults(args.data)
+        write_result("kaggle_accuracy", out)
+    if "selection" in phases:
+        out["selection_study"], _ = search(args.data, args.minutes, storage, "kaggle-selection",
+                                           SELECTION)
         write_result("kaggle_accuracy", out)
     rows = [{"what": "data set author", names.TEST_ACCURACY: AUTHOR_ACCURACY}]
     for key, what in (("search", "cpu.yaml search, best trial"), ("ensemble", "ensemble"),
