@@ -92,3 +92,27 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(tracking_uri, tmp_pat
     resumed = [m.step for m in client.get_metric_history(second.info.run_id, names.LOSS)]
     assert done == [0, 1, 2] and resumed == [3, 4]  # nothing recomputed
     assert client.get_run(second.info.run_id).data.metrics[names.RESUMED_AT_EPOCH] == 3
+
+
+def test_a_backup_torn_by_a_kill_mid_write_falls_back_or_starts_over(tracking_uri, tmp_path):
+    """Before: a kill while Keras wrote its backup left a file the retry could not open, and
+    the retried trial failed ('bad object header version number')."""
+    from leukoml.training import train_and_log
+
+    config = TrainConfig(**{**TINY, "data": DATA, "max_epochs": 5, "patience": 5})
+    data = prepare_dataset(config.data_spec())
+    backup = tmp_path / "backup"
+    with mlflow.start_run(), pytest.raises(KeyboardInterrupt):
+        train_and_log(config, data, callbacks=[Crash(2)], backup_dir=backup)
+    (backup / "latest.weights.h5").write_bytes(b"torn")  # the epoch-3 write, interrupted
+    with mlflow.start_run() as fallback:
+        train_and_log(config, data, backup_dir=backup)
+    client = MlflowClient()
+    assert client.get_run(fallback.info.run_id).data.metrics[names.RESUMED_AT_EPOCH] == 2
+
+    backup.mkdir()
+    (backup / "latest.weights.h5").write_bytes(b"torn")  # and nothing to fall back on
+    with mlflow.start_run() as fresh:
+        train_and_log(config, data, backup_dir=backup)
+    steps = [m.step for m in client.get_metric_history(fresh.info.run_id, names.LOSS)]
+    assert steps == [0, 1, 2, 3, 4]

@@ -1,13 +1,17 @@
-"""Keras callbacks of a training run: per-epoch MLflow logging."""
+"""Keras callbacks of a training run: per-epoch MLflow logging, a deadline, resumable backup."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import time
 
 import keras
 import mlflow
 
 from leukoml import names
+
+log = logging.getLogger(__name__)
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -56,3 +60,20 @@ class Deadline(keras.callbacks.Callback):
         if time.monotonic() >= self.at and self.reached_at_epoch is None:
             self.reached_at_epoch = self._epoch
             self.model.stop_training = True
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore` keeping the previous epoch's checkpoint too, so a process
+    killed while writing one resumes from the other; a backup that cannot be read at all
+    is dropped with a warning and the run starts from epoch 0 instead of failing."""
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, double_checkpoint=True)
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError) as exc:
+            log.warning("the backup in %s cannot be read (%s): starting from epoch 0",
+                        self.backup_dir, exc)
+            shutil.rmtree(self.backup_dir, ignore_errors=True)

@@ -39,7 +39,7 @@ from leukoml.serving import Member, ServingConfig, log_serving_model
 from leukoml.serving.runtime import served_probabilities
 from leukoml.tracking import log_params
 from leukoml.training import recipe
-from leukoml.training.callbacks import EpochLogger
+from leukoml.training.callbacks import EpochLogger, ResumableBackup
 from leukoml.training.keras_metrics import BalancedAccuracy, MacroF1
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _fit(model: keras.Model, config: TrainConfig, data: PreparedData,
         restore_best_weights=True,
     )
     if backup_dir is not None:  # resumes from the last finished epoch after a kill
-        callbacks = [keras.callbacks.BackupAndRestore(str(backup_dir)), *callbacks]
+        callbacks = [ResumableBackup(str(backup_dir)), *callbacks]
     started = time.perf_counter()
     history = model.fit(
         train, validation_data=val, epochs=config.max_epochs,
