@@ -15,7 +15,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["siblings", "kaggle_accuracy", "external_evaluation", "paper_claims", "group_split",
+ORDER = ["siblings", "kaggle_accuracy", "peers", "external_evaluation", "paper_claims",
+         "robustness", "group_split",
          "trainer_throughput", "search_efficiency", "serving"]
 _SKIP = {"machine", "load_average_1m_at_end"}
 
