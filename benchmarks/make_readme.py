@@ -18,7 +18,7 @@ RESULTS = HERE / "results"
 ORDER = ["siblings", "kaggle_accuracy", "peers", "external_evaluation", "paper_claims",
          "robustness", "group_split",
          "trainer_throughput", "search_efficiency", "serving"]
-_SKIP = {"machine", "load_average_1m_at_end"}
+_SKIP = {"machine", "load_average_1m_at_end", "predictions"}  # predictions: per image
 
 
 def _cell(value) -> str:
@@ -31,7 +31,7 @@ def _cell(value) -> str:
 
 def _table(rows: list[dict]) -> list[str]:
     columns = list(dict.fromkeys(k for row in rows for k, v in row.items()
-                                 if not isinstance(v, (dict, list))))
+                                 if not isinstance(v, (dict, list)) and k not in _SKIP))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return lines

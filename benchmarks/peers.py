@@ -13,7 +13,10 @@ wall-clock budget per arm, same machine, one arm after the other:
 - `autokeras`: `autokeras.ImageClassifier`, if it installs and runs beside this
   TensorFlow (its error is recorded when it does not);
 - `script`: the 30-line Keras script every trial must beat (MobileNetV3Small,
-  RandomFlip + RandomRotation, Adam, ReduceLROnPlateau, early stopping).
+  RandomFlip + RandomRotation, Adam, ReduceLROnPlateau, early stopping);
+- `script_bn`: the same script with the one fix a careful user finds when its
+  validation sits at chance: batch-norm momentum 0.9 instead of Keras' 0.999
+  (`keras.applications` from scratch).
 
 Peers see whole fields resized to 96 px, as their users would feed them.
 Every arm's TEST predictions are scored by the same code, with 95% intervals
@@ -39,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from _common import KAGGLE, RESULTS, machine, print_table, write_result
 
-ARMS = ("leukoml", "kerastuner", "autokeras", "script")
+ARMS = ("leukoml", "kerastuner", "autokeras", "script", "script_bn")
 SIZE = 96  # px, peers' input: cpu.yaml's largest size
 BACKBONES = ("MobileNetV3Small", "MobileNetV3Large", "MobileNetV2", "EfficientNetB0")
 MAX_EPOCHS = 24  # cpu.yaml's
@@ -89,7 +92,7 @@ def test_arrays(data: Path):
     return x, files, ds.class_names
 
 
-def arm_script(data: Path, deadline: float) -> dict:
+def arm_script(data: Path, deadline: float, bn_momentum: float | None = None) -> dict:
     """The plain script, as a Keras user writes it (whole fields, random validation)."""
     import keras
     from keras import layers
@@ -103,6 +106,10 @@ def arm_script(data: Path, deadline: float) -> dict:
         keras.applications.MobileNetV3Small(input_shape=(SIZE, SIZE, 3), weights=None,
                                             classes=len(train.class_names)),
     ])
+    if bn_momentum is not None:
+        for layer in model.layers[-1].layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = bn_momentum
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(train.prefetch(2), validation_data=val.prefetch(2), epochs=60,
@@ -112,7 +119,8 @@ def arm_script(data: Path, deadline: float) -> dict:
                             deadline_callback(deadline)])
     return {"model": model, "epochs": len(history.history["loss"]),
             "val_accuracy": max(history.history["val_accuracy"]),
-            "config": "MobileNetV3Small 96 px, Adam 1e-3, ReduceLROnPlateau, patience 8"}
+            "config": "MobileNetV3Small 96 px, Adam 1e-3, ReduceLROnPlateau, patience 8"
+                      + (f", batch-norm momentum {bn_momentum}" if bn_momentum else "")}
 
 
 def _hypermodel(n_classes: int):
@@ -198,6 +206,7 @@ def run_arm(arm: str, data: Path, minutes: float, out: Path) -> None:
             record.update(arm_leukoml(data, minutes, scratch))
         else:
             fitted = {"script": lambda: arm_script(data, deadline),
+                      "script_bn": lambda: arm_script(data, deadline, bn_momentum=0.9),
                       "kerastuner": lambda: arm_kerastuner(data, deadline, scratch),
                       "autokeras": lambda: arm_autokeras(data, deadline, scratch)}[arm]()
             model = fitted.pop("model")
@@ -207,7 +216,28 @@ def run_arm(arm: str, data: Path, minutes: float, out: Path) -> None:
     except Exception as exc:  # a peer that does not run is a result too
         record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
     record["seconds"] = round(time.monotonic() - started)
+    record["finished_at"] = time.strftime("%Y-%m-%d %H:%M")
     out.write_text(json.dumps(record, default=str))
+
+
+def _test_files(data: Path) -> tuple[list[str], list[str]]:
+    """(class names, TEST files as CLASS/name), sorted: the order `predictions` follow."""
+    classes = sorted(p.name for p in (data / "TEST").iterdir() if p.is_dir())
+    return classes, sorted(f"{c}/{p.name}" for c in classes for p in (data / "TEST" / c).iterdir())
+
+
+def align(record: dict, data: Path) -> None:
+    """Turn an arm's {file: class name} answers into `predictions`: one class index per TEST
+    file in `_test_files` order, as a string (kept in the JSON for later paired tests)."""
+    if "predicted" not in record:
+        return
+    classes, files = _test_files(data)
+    lookup = dict(zip(record.pop("files"), record.pop("predicted")))
+    missing = [f for f in files if f not in lookup]
+    if missing:
+        record["error"] = f"{len(missing)} TEST images without a prediction, e.g. {missing[0]}"
+        return
+    record["predictions"] = "".join(str(classes.index(lookup[f].upper())) for f in files)
 
 
 def score(records: list[dict], data: Path) -> list[dict]:
@@ -215,34 +245,25 @@ def score(records: list[dict], data: Path) -> list[dict]:
     from leukoml.data import sibling_ids
     from leukoml.evaluation import evaluate_predictions, paired_difference
 
-    classes = sorted(p.name for p in (data / "TEST").iterdir() if p.is_dir())
-    files = sorted(f"{c}/{p.name}" for c in classes for p in (data / "TEST" / c).iterdir())
+    classes, files = _test_files(data)
     groups = sibling_ids(data / "TEST", files)
     truth = np.array([classes.index(f.split("/")[0]) for f in files])
-    by_arm = {}
+    by_arm = {r["arm"]: np.array([int(c) for c in r["predictions"]])
+              for r in records if "predictions" in r}
     for record in records:
-        if "predicted" not in record:
+        if record["arm"] not in by_arm:
             continue
-        lookup = dict(zip(record["files"], record["predicted"]))
-        missing = [f for f in files if f not in lookup]
-        if missing:
-            record["error"] = f"{len(missing)} TEST images without a prediction, e.g. {missing[0]}"
-            continue
-        predicted = np.array([classes.index(lookup[f].upper()) for f in files])
-        by_arm[record["arm"]] = predicted
-        found = evaluate_predictions(truth, predicted, classes, groups=groups)
+        found = evaluate_predictions(truth, by_arm[record["arm"]], classes, groups=groups)
         for kind in ("accuracy", "macro_f1"):
             record[f"test_{kind}"] = round(found.value(kind), 4)
             interval = found.interval(kind)
             record[f"test_{kind}_ci"] = [round(interval.low, 4), round(interval.high, 4)]
-    if "leukoml" in by_arm:
-        for record in records:
-            if record["arm"] != "leukoml" and record["arm"] in by_arm:
-                diff = paired_difference(truth, by_arm["leukoml"], by_arm[record["arm"]],
-                                         groups, len(classes), metric="accuracy")
-                record["leukoml_minus_peer_accuracy"] = round(diff.value, 4)
-                record["leukoml_minus_peer_ci"] = [round(diff.interval.low, 4),
-                                                   round(diff.interval.high, 4)]
+        if "leukoml" in by_arm and record["arm"] != "leukoml":
+            diff = paired_difference(truth, by_arm["leukoml"], by_arm[record["arm"]], groups,
+                                     len(classes), metric="accuracy")
+            record["leukoml_minus_peer_accuracy"] = round(diff.value, 4)
+            record["leukoml_minus_peer_ci"] = [round(diff.interval.low, 4),
+                                               round(diff.interval.high, 4)]
     return records
 
 
@@ -266,17 +287,14 @@ def main() -> None:
                         "--data", str(data), "--minutes", str(args.minutes)], check=False)
         text = out.read_text()
         records.append(json.loads(text) if text else {"arm": arm, "error": "no result"})
-    records = score(records, data)
+    for record in records:
+        align(record, data)
+    arms = [r["arm"] for r in records]
     previous = RESULTS / "peers.json"
+    kept = [r for r in json.loads(previous.read_text())["arms"] if r["arm"] not in arms] \
+        if previous.is_file() else []  # arms not rerun keep their last result
     result = {"machine": info, "data": str(data), "budget_minutes_per_arm": args.minutes,
-              "image_size_peers": SIZE, "arms": records}
-    if previous.is_file() and set(args.arms.split(",")) != set(ARMS):
-        kept = [r for r in json.loads(previous.read_text())["arms"]
-                if r["arm"] not in args.arms.split(",")]
-        result["arms"] = kept + records
-    for record in result["arms"]:
-        record.pop("files", None)
-        record.pop("predicted", None)
+              "image_size_peers": SIZE, "arms": score(kept + records, data)}
     write_result("peers", result)
     print_table(result["arms"], [("arm", "arm"), ("test acc", "test_accuracy", ".4f"),
                                  ("macro-F1", "test_macro_f1", ".4f"), ("seconds", "seconds")])
