@@ -20,15 +20,17 @@ def add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
+    from leukoml.config import TrainConfig
+
+    # checked before MLflow or TensorFlow is imported: a bad option fails in a second
+    config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.field_names()}).validated()
+
     import mlflow
 
-    from leukoml import names
-    from leukoml.config import TrainConfig
     from leukoml.data import prepare_dataset
     from leukoml.tracking import start_run_with_system_metrics
     from leukoml.training import train_and_log
 
-    config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.field_names()}).validated()
     data = prepare_dataset(config.data_spec())
     _warn_if_leaking(data)
     with start_run_with_system_metrics():
