@@ -59,18 +59,22 @@ def test_runs_go_to_the_leukoml_experiment_unless_mlflow_is_told_another(tmp_pat
     assert run({"MLFLOW_EXPERIMENT_NAME": "mine"}) == "mine"
 
 
-def test_a_bad_data_folder_fails_before_any_heavy_import():
+@pytest.mark.parametrize(("argv", "message"), [
+    (["search", "--data", "/no/such/folder"], "data: folder '/no/such/folder' does not exist"),
+    (["train", "--backbone", "NoSuchNet"], "unknown backbone 'NoSuchNet'"),
+])
+def test_bad_input_fails_before_any_heavy_import(argv, message):
     """The input check runs before mlflow, optuna, pandas, scikit-learn or TensorFlow is
     imported: a typo costs a second, not the imports a study needs."""
     heavy = ("mlflow", "optuna", "pandas", "sklearn", "tensorflow", "keras", "matplotlib")
     code = ("import sys; from leukoml.cli import main\n"
-            "rc = main(['search', '--data', '/no/such/folder'])\n"
+            f"rc = main({argv!r})\n"
             f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(rc)")
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
     env.pop("MLFLOW_RUN_ID", None)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 2
-    assert "data: folder '/no/such/folder' does not exist" in proc.stderr
+    assert message in proc.stderr
     assert proc.stdout.strip() == "[]"
 
 
