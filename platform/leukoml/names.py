@@ -82,6 +82,8 @@ TEST_ACCURACY = "test_accuracy"
 TEST_BALANCED_ACCURACY = "test_balanced_accuracy"
 TEST_MACRO_F1 = "test_macro_f1"
 TEST_SUMMARY = (TEST_ACCURACY, TEST_BALANCED_ACCURACY, TEST_MACRO_F1)
+TEST_ECE = "test_ece"  # expected calibration error of the served (calibrated) probabilities
+TEST_UNCALIBRATED_ECE = "test_uncalibrated_ece"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]+")
 
@@ -237,6 +239,7 @@ GAP_KINDS = ("accuracy", "macro_f1")
 TRIAL_RECORD = (
     *TEST_SUMMARY,
     *(bound(m) for m in (TEST_ACCURACY, TEST_MACRO_F1) for bound in (ci_low, ci_high)),
+    TEST_ECE, ci_low(TEST_ECE), ci_high(TEST_ECE), TEST_UNCALIBRATED_ECE,
     SELECTED_VAL_ACCURACY, ci_low(SELECTED_VAL_ACCURACY), ci_high(SELECTED_VAL_ACCURACY),
     *(val_test_gap(kind) for kind in GAP_KINDS),
     EPOCHS_RUN, TRAIN_SECONDS,

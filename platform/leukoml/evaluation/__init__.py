@@ -7,11 +7,17 @@ score predictions through it, so their numbers agree by construction.
 
 from leukoml.evaluation.figures import plot_confusion
 from leukoml.evaluation.intervals import Interval, group_bootstrap, paired_difference
-from leukoml.evaluation.metrics import Evaluation, evaluate_predictions, normalised
+from leukoml.evaluation.metrics import (
+    Evaluation,
+    calibration_metrics,
+    evaluate_predictions,
+    normalised,
+)
 
 __all__ = [
     "Evaluation",
     "Interval",
+    "calibration_metrics",
     "evaluate_predictions",
     "group_bootstrap",
     "normalised",

@@ -3,7 +3,8 @@
 Augmented copies of one cell are not independent evidence: resampling images
 would give intervals far too narrow on sets built from a few hundred cells.
 Each bootstrap replicate draws groups with replacement and recomputes the
-metrics from the summed confusion counts, vectorised over replicates.
+metrics from the summed confusion counts (or, for the calibration error, the
+summed per-bin counts), vectorised over replicates.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from leukoml.evaluation.calibration import ECE_BINS
 
 REPLICATES = 1000
 LEVEL = 0.95
@@ -72,6 +75,30 @@ def _interval(values: np.ndarray, level: float) -> Interval:
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return Interval(float(low), float(high))
+
+
+def ece_interval(probabilities, labels, groups, bins: int = ECE_BINS,
+                 replicates: int = REPLICATES, seed: int = 0, level: float = LEVEL) -> Interval:
+    """Interval of the expected calibration error, resampling groups.
+
+    ECE = sum over confidence bins of |correct - confidence| summed in the bin, over N; per
+    group and bin those sums (and the count) add up, so a replicate is one matrix product.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    group = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    cell, size = group * bins + which, (group.max() + 1) * bins
+    per_group = np.stack([np.bincount(cell, weights=w, minlength=size)
+                          for w in (np.ones_like(correct), correct, confidence)], axis=-1)
+    per_group = per_group.reshape(group.max() + 1, bins * 3)
+    values = []
+    for counts in _draws(len(per_group), replicates, seed):
+        sums = (counts @ per_group).reshape(-1, bins, 3)
+        values.append(np.abs(sums[..., 1] - sums[..., 2]).sum(axis=-1)
+                      / np.maximum(sums[..., 0].sum(axis=-1), 1e-12))
+    return _interval(np.concatenate(values), level)
 
 
 def group_bootstrap(y_true, y_pred, groups, n_classes: int, replicates: int = REPLICATES,

@@ -16,7 +16,8 @@ from sklearn.metrics import (
 )
 
 from leukoml import names
-from leukoml.evaluation.intervals import Interval, group_bootstrap
+from leukoml.evaluation.calibration import calibration_scores
+from leukoml.evaluation.intervals import Interval, ece_interval, group_bootstrap
 
 SUMMARY = ("accuracy", "balanced_accuracy", "macro_f1")
 
@@ -73,6 +74,21 @@ def evaluate_predictions(y_true, y_pred, class_names: list[str], groups=None,
     )
     return Evaluation({k: float(v) for k, v in metrics.items()}, confusion, report, intervals,
                       prefix)
+
+
+def calibration_metrics(probabilities, y_true, class_names: list[str], groups=None,
+                        prefix: str = "test", seed: int = 0) -> dict[str, float]:
+    """`<prefix>_nll`, `_brier`, `_ece` (with its group-bootstrap interval), `_roc_auc_macro`
+    and `_roc_auc_<class>` of `probabilities`: how far their confidence can be trusted."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    metrics = {names.calibration(prefix, key, class_names): value
+               for key, value in calibration_scores(probabilities, y_true, class_names).items()}
+    if len(y_true):
+        groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
+        ece = ece_interval(probabilities, y_true, groups, seed=seed)
+        key = names.calibration(prefix, "ece", class_names)
+        metrics.update({names.ci_low(key): ece.low, names.ci_high(key): ece.high})
+    return metrics
 
 
 def normalised(confusion: pd.DataFrame) -> pd.DataFrame:

@@ -22,8 +22,14 @@ from leukoml import names
 from leukoml.data import sibling_ids
 from leukoml.data.tracking import log_dataset_input
 from leukoml.errors import LeukomlError
-from leukoml.evaluation import Evaluation, evaluate_predictions, paired_difference, plot_confusion
-from leukoml.evaluation.calibration import calibration_scores, reliability_figure
+from leukoml.evaluation import (
+    Evaluation,
+    calibration_metrics,
+    evaluate_predictions,
+    paired_difference,
+    plot_confusion,
+)
+from leukoml.evaluation.calibration import reliability_figure
 from leukoml.external.plan import EvaluationPlan, ModelRef
 from leukoml.progress import progress
 from leukoml.serving import RequestError, load_served_model
@@ -197,8 +203,8 @@ def score(plan: EvaluationPlan) -> tuple[ExternalResult, object, Predictions]:
         y, probabilities = true[known], predictions.probabilities[known]
         result.evaluation = evaluate_predictions(y, probabilities.argmax(axis=1), classes,
                                                  groups=groups[known], prefix=names.EXTERNAL)
-        result.calibration = {f"{names.EXTERNAL}_{k}": v for k, v in calibration_scores(
-            probabilities, y, classes).items()}
+        result.calibration = calibration_metrics(probabilities, y, classes, groups[known],
+                                                 names.EXTERNAL)
     own = model.config.test_scores.get(names.TEST_ACCURACY)
     result.verdict = verdict(result.evaluation, own, plan, table)
     if plan.other is not None:

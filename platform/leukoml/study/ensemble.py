@@ -22,7 +22,12 @@ from mlflow.tracking import MlflowClient
 from leukoml import names
 from leukoml.data import DataSpec, PreparedData, prepare_dataset
 from leukoml.data.tracking import log_data
-from leukoml.evaluation import Evaluation, evaluate_predictions, plot_confusion
+from leukoml.evaluation import (
+    Evaluation,
+    calibration_metrics,
+    evaluate_predictions,
+    plot_confusion,
+)
 from leukoml.evaluation.calibration import fit_temperature, with_temperature
 from leukoml.serving import ServingConfig, find_serving_model, load_served_model
 from leukoml.serving.package import log_serving_model
@@ -40,12 +45,13 @@ class Ensemble:
     validation: Evaluation
     test: Evaluation
     temperature: float
+    calibration: dict[str, float]  # test_ece (and its interval), test_uncalibrated_ece, ...
 
     def summary(self) -> dict:
         return {"run_id": self.run_id, "members": self.members,
                 "temperature": round(self.temperature, 4),
                 names.SELECTED_VAL_ACCURACY: round(self.validation.value("accuracy"), 4),
-                **{k: round(v, 4) for k, v in self.test.metrics.items()
+                **{k: round(v, 4) for k, v in {**self.test.metrics, **self.calibration}.items()
                    if k in names.TRIAL_RECORD}}
 
 
@@ -81,12 +87,16 @@ def build_ensemble(study: optuna.Study, size: int = DEFAULT_SIZE,
     test = np.mean([m.probabilities(np.asarray(d.images[test_idx])) for m, d in
                     zip(served, datas)], axis=0)
     temperature = fit_temperature(val, first.labels[val_idx])
-    val, test = with_temperature(val, temperature), with_temperature(test, temperature)
     groups = first.group_ids()
+    test_labels, test_groups = first.labels[test_idx], groups[test_idx]
+    calibration = calibration_metrics(test, test_labels, first.class_names, test_groups,
+                                      "test_uncalibrated")
+    val, test = with_temperature(val, temperature), with_temperature(test, temperature)
+    calibration.update(calibration_metrics(test, test_labels, first.class_names, test_groups))
     validation = evaluate_predictions(first.labels[val_idx], val.argmax(axis=1),
                                       first.class_names, groups[val_idx], names.best("val"))
-    tested = evaluate_predictions(first.labels[test_idx], test.argmax(axis=1),
-                                  first.class_names, groups[test_idx])
+    tested = evaluate_predictions(test_labels, test.argmax(axis=1), first.class_names,
+                                  test_groups)
     parent = parent_run_id or study.user_attrs.get(names.PARENT_RUN_ATTR)
     tags = {names.TAG_ROLE: names.Role.ENSEMBLE, names.TAG_OPTUNA_STUDY: study.study_name,
             names.TAG_RUN_NAME: f"ensemble-top{len(trials)}"}
@@ -98,7 +108,8 @@ def build_ensemble(study: optuna.Study, size: int = DEFAULT_SIZE,
         mlflow.log_params({names.ENSEMBLE_MEMBERS: ",".join(run_ids),
                            names.BACKBONE: "+".join(m.backbone for m in served)})
         log_data(first)
-        metrics = {**validation.metrics, **tested.metrics, names.TEMPERATURE: temperature,
+        metrics = {**validation.metrics, **tested.metrics, **calibration,
+                   names.TEMPERATURE: temperature,
                    **{names.val_test_gap(k): validation.value(k) - tested.value(k)
                       for k in names.GAP_KINDS}}
         mlflow.log_metrics(metrics)
@@ -112,4 +123,5 @@ def build_ensemble(study: optuna.Study, size: int = DEFAULT_SIZE,
         mlflow.log_metrics(tested.metrics, model_id=info.model_id)
     log.info("ensemble of trials %s: test accuracy %.4f %s", [t.number for t in trials],
              tested.value("accuracy"), tested.interval("accuracy"))
-    return Ensemble(run.info.run_id, info.model_uri, run_ids, validation, tested, temperature)
+    return Ensemble(run.info.run_id, info.model_uri, run_ids, validation, tested, temperature,
+                    calibration)

@@ -26,13 +26,13 @@ from leukoml.data import PreparedData
 from leukoml.data.tfdata import make_dataset
 from leukoml.data.tracking import log_data
 from leukoml.errors import LeukomlError
-from leukoml.evaluation import Evaluation, evaluate_predictions, plot_confusion
-from leukoml.evaluation.calibration import (
-    calibration_scores,
-    fit_temperature,
-    reliability_figure,
-    with_temperature,
+from leukoml.evaluation import (
+    Evaluation,
+    calibration_metrics,
+    evaluate_predictions,
+    plot_confusion,
 )
+from leukoml.evaluation.calibration import fit_temperature, reliability_figure, with_temperature
 from leukoml.explain import log_gradcam
 from leukoml.runtime import configure_devices
 from leukoml.serving import Member, ServingConfig, log_serving_model
@@ -181,10 +181,10 @@ def _score(model: keras.Model, config: TrainConfig, data: PreparedData) -> _Scor
         plain = _evaluate(_predict(model, data, "test", "none"), data, "test", "test",
                           config.seed)
         extra.update({names.without_tta(k): plain.metrics[k] for k in names.TEST_SUMMARY})
+    test_groups = data.group_ids()[data.splits["test"]]
     for prefix, probabilities in (("test_uncalibrated", test_raw), ("test", test)):
-        scores = calibration_scores(probabilities, test_labels, data.class_names)
-        extra.update({names.calibration(prefix, key, data.class_names): value
-                      for key, value in scores.items()})
+        extra.update(calibration_metrics(probabilities, test_labels, data.class_names,
+                                         test_groups, prefix, config.seed))
     extra[names.TEMPERATURE] = temperature
     return _Scores(
         validation=_evaluate(val, data, "val", names.best("val"), config.seed),

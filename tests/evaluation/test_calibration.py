@@ -1,0 +1,57 @@
+"""Temperature scaling and calibration scores on synthetic probabilities with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from leukoml.evaluation.calibration import (
+    calibration_scores,
+    expected_calibration_error,
+    fit_temperature,
+    with_temperature,
+)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sample(true_probabilities: np.ndarray, rng) -> np.ndarray:
+    """Labels drawn from the probabilities: the probabilities are then calibrated."""
+    cumulative = true_probabilities.cumsum(axis=1)
+    return (rng.random((len(cumulative), 1)) > cumulative).sum(axis=1)
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.0])
+def test_the_fitted_temperature_recovers_the_one_the_labels_came_from(true_temperature):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (20000, 4))
+    labels = _sample(_softmax(logits / true_temperature), rng)
+    reported = _softmax(logits)  # the model's probabilities: wrong by that temperature
+    fitted = fit_temperature(reported, labels)
+    assert fitted == pytest.approx(true_temperature, rel=0.1)
+    before = expected_calibration_error(reported, labels)
+    after = expected_calibration_error(with_temperature(reported, fitted), labels)
+    assert after < 0.02 < before
+
+
+def test_calibrated_probabilities_have_a_small_ece_and_sharpened_ones_a_large_one():
+    rng = np.random.default_rng(1)
+    probabilities = _softmax(rng.normal(0, 2, (20000, 4)))
+    labels = _sample(probabilities, rng)
+    assert expected_calibration_error(probabilities, labels) < 0.02
+    sharpened = with_temperature(probabilities, 0.3)
+    assert (sharpened.argmax(1) == probabilities.argmax(1)).all()  # same ranking
+    assert expected_calibration_error(sharpened, labels) > 0.1
+
+
+def test_scores_name_every_class_and_rank_a_perfect_model_first():
+    labels = np.array([0, 1, 2, 3] * 10)
+    perfect = np.eye(4)[labels] * 0.96 + 0.01
+    scores = calibration_scores(perfect, labels, ["a", "b", "c", "d"])
+    assert {f"roc_auc_{k}" for k in range(4)} <= set(scores)
+    assert scores["roc_auc_macro"] == 1.0
+    assert scores["nll"] == pytest.approx(-np.log(0.97), rel=1e-6)
+    assert scores["ece"] == pytest.approx(0.03, abs=1e-9)  # always right, 0.97 sure
