@@ -20,6 +20,7 @@ SEEN = [  # printed by TF 2.21 on a CPU-only machine, verbatim
     b"INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n",
     b"To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 AVX_VNNI FMA, "
     b"in other operations, rebuild TensorFlow with the appropriate compiler flags.\n",
+    b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n",  # at promotion's TFLite check
 ]
 
 

@@ -20,7 +20,8 @@ _NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|[IW]\d{4} [\d:. ]+\d+ \w+\.cc:\d+\]"  # absl INFO / WARNING lines of the C++ runtime
     rb"|E\d{4} [\d:. ]+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit"
-    rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate)")
+    rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)")  # the TFLite export check
 
 
 def is_noise(line: bytes) -> bool:

@@ -56,7 +56,7 @@ def _onnx(model, path: Path, images: np.ndarray) -> np.ndarray:
 def _tflite(model, path: Path, images: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
-    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    model.export(str(path), format="litert", verbose=False)  # tf.lite's converter prints
     import warnings
 
     with warnings.catch_warnings():  # tf.lite.Interpreter's move to LiteRT is announced
