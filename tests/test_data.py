@@ -107,6 +107,29 @@ def test_the_second_run_reuses_the_cache_and_decodes_nothing(make_dataset_folder
     assert not third.decoded.cache_hit and third.fingerprint != first.fingerprint
 
 
+def test_a_copy_with_new_mtimes_reuses_the_cache_and_the_bytes_are_read_once(
+        make_dataset_folder, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from leukoml.data._discover import Listing
+
+    root = make_dataset_folder({"a": 6, "b": 6})
+    first = prepare_dataset(DataSpec(str(root), 24))
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copyfile)  # new mtimes, same bytes
+    for path in copy.rglob("*.png"):
+        os.utime(path, ns=(1, 1))
+    second = prepare_dataset(DataSpec(str(copy), 24))
+    assert second.decoded.cache_hit and second.fingerprint == first.fingerprint
+
+    def no_reading(_):
+        raise AssertionError("the files were read again for the same state")
+
+    monkeypatch.setattr(Listing, "_contents", no_reading)
+    assert prepare_dataset(DataSpec(str(copy), 24)).fingerprint == first.fingerprint
+
+
 def test_the_cache_is_per_image_size(make_dataset_folder):
     root = make_dataset_folder({"a": 10, "b": 10})
     assert prepare_dataset(DataSpec(str(root), 24)).images.shape[1:] == (24, 24, 3)

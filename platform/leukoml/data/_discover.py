@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from leukoml.data._decode import IMAGE_SUFFIXES
@@ -40,16 +41,45 @@ class Listing:
     mtimes: list[int] = field(default_factory=list)
     follow_links: bool = False  # read symlinked files and folders wherever they point
 
-    @property
-    def fingerprint(self) -> str:
-        """Hash of the file list, sizes and mtimes: changes when any file does."""
+    def _digest(self, per_file) -> str:
         digest = hashlib.sha256()
-        for name, label, split, size, mtime in zip(
-            self.files, self.labels, self.folder_splits, self.sizes, self.mtimes
+        for name, label, split, size, extra in zip(
+            self.files, self.labels, self.folder_splits, self.sizes, per_file
         ):
-            line = f"{name}\t{self.class_names[label]}\t{split}\t{size}\t{mtime}\n"
+            line = f"{name}\t{self.class_names[label]}\t{split}\t{size}\t{extra}\n"
             digest.update(line.encode("utf-8", "surrogateescape"))  # names need not be UTF-8
         return digest.hexdigest()[:20]
+
+    def _contents(self):
+        for name in self.files:
+            try:
+                yield hashlib.blake2b((self.root / name).read_bytes(), digest_size=16).hexdigest()
+            except OSError:
+                yield "unreadable"
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the file list and the files' bytes: the same for every copy of a data set
+        (a fresh checkout or copy has new mtimes), different when any file changes. Keys the
+        decode and sibling caches. The bytes are read once per state of the files (names,
+        sizes, mtimes); the answer is remembered under that state in the cache folder."""
+        from leukoml.data._cache import cache_root
+
+        remembered = cache_root() / "fingerprints" / self._digest(self.mtimes)
+        try:
+            return remembered.read_text().strip()
+        except OSError:
+            pass
+        found = self._digest(self._contents())
+        try:
+            remembered.parent.mkdir(parents=True, exist_ok=True)
+            partial = remembered.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(found)
+            partial.replace(remembered)
+        except OSError as exc:
+            log.warning("could not remember the data set fingerprint in %s: %s",
+                        remembered.parent, exc)
+        return found
 
     def class_folder(self, label: int) -> str:
         return str(self.root / self.class_names[label])
