@@ -111,8 +111,7 @@ def test_a_copy_with_new_mtimes_reuses_the_cache_and_the_bytes_are_read_once(
         make_dataset_folder, tmp_path, monkeypatch):
     import os
     import shutil
-
-    from leukoml.data._discover import Listing
+    from pathlib import Path
 
     root = make_dataset_folder({"a": 6, "b": 6})
     first = prepare_dataset(DataSpec(str(root), 24))
@@ -126,8 +125,28 @@ def test_a_copy_with_new_mtimes_reuses_the_cache_and_the_bytes_are_read_once(
     def no_reading(_):
         raise AssertionError("the files were read again for the same state")
 
-    monkeypatch.setattr(Listing, "_contents", no_reading)
-    assert prepare_dataset(DataSpec(str(copy), 24)).fingerprint == first.fingerprint
+    monkeypatch.setattr(Path, "read_bytes", no_reading)
+    assert scan_dataset(copy).fingerprint == first.fingerprint
+
+
+def test_the_sibling_ids_of_a_copy_come_from_the_cache(make_dataset_folder, tmp_path,
+                                                         monkeypatch):
+    import shutil
+
+    import leukoml.data._siblings as siblings
+    from leukoml.data._prepare import sibling_ids
+
+    root = make_dataset_folder({"a": 4, "b": 4})
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    first = sibling_ids(root, files)
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copyfile)  # new mtimes, same bytes
+
+    def no_search(_):
+        raise AssertionError("the siblings of the same bytes were searched again")
+
+    monkeypatch.setattr(siblings, "find_siblings", no_search)
+    assert np.array_equal(sibling_ids(copy, files), first)
 
 
 def test_the_cache_is_per_image_size(make_dataset_folder):

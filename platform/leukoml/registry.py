@@ -94,7 +94,7 @@ def _split_data(run_id: str):
     run = mlflow.get_run(run_id)
     data = prepare_dataset(DataSpec.from_run(run_id))
     trained_on = run.data.params.get(names.DATASET_FINGERPRINT)
-    if trained_on and data.fingerprint != trained_on:
+    if trained_on and trained_on not in (data.fingerprint, data.stat_fingerprint):
         log.warning("run %s: dataset %s changed since training (fingerprint %s, now %s)",
                     run_id, data.root, trained_on, data.fingerprint)
     return data

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,48 +42,66 @@ class Listing:
     mtimes: list[int] = field(default_factory=list)
     follow_links: bool = False  # read symlinked files and folders wherever they point
 
-    def _digest(self, per_file) -> str:
-        digest = hashlib.sha256()
-        for name, label, split, size, extra in zip(
-            self.files, self.labels, self.folder_splits, self.sizes, per_file
-        ):
-            line = f"{name}\t{self.class_names[label]}\t{split}\t{size}\t{extra}\n"
-            digest.update(line.encode("utf-8", "surrogateescape"))  # names need not be UTF-8
-        return digest.hexdigest()[:20]
-
-    def _contents(self):
-        for name in self.files:
-            try:
-                yield hashlib.blake2b((self.root / name).read_bytes(), digest_size=16).hexdigest()
-            except OSError:
-                yield "unreadable"
-
     @cached_property
     def fingerprint(self) -> str:
-        """Hash of the file list and the files' bytes: the same for every copy of a data set
-        (a fresh checkout or copy has new mtimes), different when any file changes. Keys the
-        decode and sibling caches. The bytes are read once per state of the files (names,
-        sizes, mtimes); the answer is remembered under that state in the cache folder."""
-        from leukoml.data._cache import cache_root
-
-        remembered = cache_root() / "fingerprints" / self._digest(self.mtimes)
-        try:
-            return remembered.read_text().strip()
-        except OSError:
-            pass
-        found = self._digest(self._contents())
-        try:
-            remembered.parent.mkdir(parents=True, exist_ok=True)
-            partial = remembered.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(found)
-            partial.replace(remembered)
-        except OSError as exc:
-            log.warning("could not remember the data set fingerprint in %s: %s",
-                        remembered.parent, exc)
-        return found
+        """Of the file list and the files' bytes: the same for every copy of a data set, new
+        when any file changes. Keys the decode and sibling caches."""
+        described = [f"{name}\t{self.class_names[label]}\t{split}\t{size}" for name, label,
+                     split, size in zip(self.files, self.labels, self.folder_splits, self.sizes)]
+        return content_fingerprint(self.root, self.files, described, self.mtimes)
 
     def class_folder(self, label: int) -> str:
         return str(self.root / self.class_names[label])
+
+
+def _digest(lines) -> str:
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(f"{line}\n".encode("utf-8", "surrogateescape"))  # names need not be UTF-8
+    return digest.hexdigest()[:20]
+
+
+def content_fingerprint(root: Path, files: list[str], described: list[str],
+                        mtimes: list[int]) -> str:
+    """A hash of each file's description and bytes. A fresh copy of a data set has new mtimes
+    but the same bytes (and so reuses its caches); the bytes are read once per state
+    (descriptions and mtimes), whose answer is remembered in the cache folder."""
+    from leukoml.data._cache import cache_root
+
+    remembered = cache_root() / "fingerprints" / _digest(
+        f"{d}\t{m}" for d, m in zip(described, mtimes))
+    try:
+        return remembered.read_text().strip()
+    except OSError:
+        pass
+    contents = []
+    for name in files:
+        try:
+            contents.append(hashlib.blake2b((root / name).read_bytes(),
+                                            digest_size=16).hexdigest())
+        except OSError:
+            contents.append(None)
+    found = _digest(f"{d}\t{c}" for d, c in zip(described, contents))
+    if None in contents:  # unreadable now, perhaps not later (a chmod keeps the mtime)
+        return found
+    try:
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        partial = remembered.with_name(f"{remembered.name}.{uuid.uuid4().hex}.tmp")
+        partial.write_text(found)
+        partial.replace(remembered)
+    except OSError as exc:
+        log.warning("could not remember the data set fingerprint in %s: %s",
+                    remembered.parent, exc)
+    return found
+
+
+def stat_fingerprint(listing: "Listing") -> str:
+    """The fingerprint of file names, sizes and mtimes that runs logged before the bytes
+    counted: a run's logged fingerprint may be either."""
+    return _digest(f"{name}\t{listing.class_names[label]}\t{split}\t{size}\t{mtime}"
+                   for name, label, split, size, mtime in zip(
+                       listing.files, listing.labels, listing.folder_splits, listing.sizes,
+                       listing.mtimes))
 
 
 def printable(text: str) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from leukoml.data._cache import DecodedImages, cache_root, load_or_decode
-from leukoml.data._discover import Listing, printable
+from leukoml.data._discover import Listing, content_fingerprint, printable, stat_fingerprint
 from leukoml.data._groups import GroupBy, Groups, sibling_groups
 from leukoml.data._leakage import (
     LeakageReport,
@@ -47,6 +47,7 @@ class PreparedData:
     skipped: list[tuple[str, str]]  # (relative path, reason)
     fingerprint: str
     decoded: DecodedImages
+    stat_fingerprint: str = ""  # of names, sizes and mtimes: what runs logged before bytes did
     groups: np.ndarray | None = None  # (N,) group id per image (siblings, or group_by)
     leakage: LeakageReport | None = None  # copies and siblings within/across the splits
 
@@ -122,14 +123,11 @@ def _sibling_summary(spec: DataSpec, siblings: Siblings | None, groups: Groups |
 def sibling_ids(root: Path, files: list[str]) -> np.ndarray:
     """One group id per file of `root`: images of one field (rotated, flipped, shifted
     copies) share an id. Cached like a dataset's; what `-e evaluate`'s intervals resample."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in files:
-        stat = (Path(root) / name).stat()
-        digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode("utf-8",
-                                                                        "surrogateescape"))
-    found = cached_siblings(Path(root), files, digest.hexdigest()[:20], cache_root())
+    stats = [(Path(root) / name).stat() for name in files]
+    fingerprint = content_fingerprint(Path(root), files, [
+        f"{name}\t{stat.st_size}" for name, stat in zip(files, stats)],
+        [stat.st_mtime_ns for stat in stats])
+    found = cached_siblings(Path(root), files, fingerprint, cache_root())
     log.info("siblings of %d images: %s", len(files), found.summary())
     return np.asarray(found.group, dtype=np.int64)
 
@@ -234,6 +232,7 @@ def _split(spec: DataSpec, root: Path, listing: Listing, decoded: DecodedImages,
         skipped=skipped,
         fingerprint=listing.fingerprint,
         decoded=decoded,
+        stat_fingerprint=stat_fingerprint(listing),
         groups=groups.ids if groups else None,
         leakage=leakage,
     )

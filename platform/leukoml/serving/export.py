@@ -56,7 +56,10 @@ def _onnx(model, path: Path, images: np.ndarray) -> np.ndarray:
 def _tflite(model, path: Path, images: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
-    model.export(str(path), format="litert", verbose=False)  # tf.lite's converter prints
+    # through Keras's exporter: tf.lite's own converter prints to stdout. TFLite's built-in
+    # ops only, so the file runs in a bare LiteRT runtime (no TensorFlow "Flex" library)
+    model.export(str(path), format="litert", verbose=False,
+                 target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
     import warnings
 
     with warnings.catch_warnings():  # tf.lite.Interpreter's move to LiteRT is announced

@@ -120,7 +120,7 @@ def build_ensemble(study: optuna.Study, size: int = DEFAULT_SIZE,
             temperature=temperature,
             test_scores={k: tested.metrics[k] for k in names.TEST_SUMMARY})
         info = log_serving_model([m.keras_model for m in served], config)
-        mlflow.log_metrics(tested.metrics, model_id=info.model_id)
+        mlflow.log_metrics({**tested.metrics, **calibration}, model_id=info.model_id)
     log.info("ensemble of trials %s: test accuracy %.4f %s", [t.number for t in trials],
              tested.value("accuracy"), tested.interval("accuracy"))
     return Ensemble(run.info.run_id, info.model_uri, run_ids, validation, tested, temperature,
