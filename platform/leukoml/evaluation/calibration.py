@@ -34,12 +34,20 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(found.x))
 
 
+def confidence_bins(probabilities: np.ndarray, labels: np.ndarray,
+                    bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top-class confidence, whether it is right, its equal-width bin) per row: what the
+    calibration error, its interval and the reliability diagram all count."""
+    probabilities = np.asarray(probabilities)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    return confidence, correct, np.minimum((confidence * bins).astype(int), bins - 1)
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
                                bins: int = ECE_BINS) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by count."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == np.asarray(labels)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    confidence, correct, which = confidence_bins(probabilities, labels, bins)
     total = 0.0
     for b in range(bins):
         inside = which == b
@@ -88,9 +96,7 @@ def reliability_figure(before: np.ndarray, after: np.ndarray | None, labels: np.
     curves = ((before, "uncalibrated"), (after, f"temperature {temperature:.2f}")) \
         if after is not None else ((before, f"served (temperature {temperature:.2f})"),)
     for probabilities, name in curves:
-        confidence = probabilities.max(axis=1)
-        correct = probabilities.argmax(axis=1) == labels
-        which = np.minimum((confidence * bins).astype(int), bins - 1)
+        confidence, correct, which = confidence_bins(probabilities, labels, bins)
         used = [b for b in range(bins) if (which == b).any()]
         ax.plot([confidence[which == b].mean() for b in used],
                 [correct[which == b].mean() for b in used], marker="o",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from leukoml.evaluation.calibration import ECE_BINS
+from leukoml.evaluation.calibration import ECE_BINS, confidence_bins
 
 REPLICATES = 1000
 LEVEL = 0.95
@@ -35,9 +35,14 @@ class Interval:
         return f"[{self.low:.3f}, {self.high:.3f}]"
 
 
+def _group_index(groups) -> np.ndarray:
+    """0..G-1 per row, one per distinct group."""
+    return np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+
+
 def _per_group_confusion(y_true, y_pred, groups, n_classes) -> np.ndarray:
     """(G, K*K) confusion counts per group."""
-    group = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    group = _group_index(groups)
     cells = (group * n_classes + np.asarray(y_true)) * n_classes + np.asarray(y_pred)
     return np.bincount(cells, minlength=(group.max() + 1) * n_classes * n_classes).reshape(
         group.max() + 1, n_classes * n_classes)
@@ -84,14 +89,11 @@ def ece_interval(probabilities, labels, groups, bins: int = ECE_BINS,
     ECE = sum over confidence bins of |correct - confidence| summed in the bin, over N; per
     group and bin those sums (and the count) add up, so a replicate is one matrix product.
     """
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    confidence = probabilities.max(axis=1)
-    correct = (probabilities.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    group = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    confidence, correct, which = confidence_bins(probabilities, labels, bins)
+    group = _group_index(groups)
     cell, size = group * bins + which, (group.max() + 1) * bins
-    per_group = np.stack([np.bincount(cell, weights=w, minlength=size)
-                          for w in (np.ones_like(correct), correct, confidence)], axis=-1)
+    per_group = np.stack([np.bincount(cell, weights=w, minlength=size) for w in (
+        np.ones(len(cell)), correct.astype(np.float64), confidence.astype(np.float64))], axis=-1)
     per_group = per_group.reshape(group.max() + 1, bins * 3)
     values = []
     for counts in _draws(len(per_group), replicates, seed):
