@@ -42,13 +42,21 @@ class Listing:
     mtimes: list[int] = field(default_factory=list)
     follow_links: bool = False  # read symlinked files and folders wherever they point
 
+    def _described(self) -> list[str]:
+        return [f"{name}\t{self.class_names[label]}\t{split}\t{size}" for name, label, split,
+                size in zip(self.files, self.labels, self.folder_splits, self.sizes)]
+
     @cached_property
     def fingerprint(self) -> str:
         """Of the file list and the files' bytes: the same for every copy of a data set, new
         when any file changes. Keys the decode and sibling caches."""
-        described = [f"{name}\t{self.class_names[label]}\t{split}\t{size}" for name, label,
-                     split, size in zip(self.files, self.labels, self.folder_splits, self.sizes)]
-        return content_fingerprint(self.root, self.files, described, self.mtimes)
+        return content_fingerprint(self.root, self.files, self._described(), self.mtimes)
+
+    @property
+    def stat_fingerprint(self) -> str:
+        """Of names, sizes and mtimes only: what runs logged before the bytes counted (a
+        run's logged fingerprint may be either)."""
+        return _state(self._described(), self.mtimes)
 
     def class_folder(self, label: int) -> str:
         return str(self.root / self.class_names[label])
@@ -61,6 +69,10 @@ def _digest(lines) -> str:
     return digest.hexdigest()[:20]
 
 
+def _state(described: list[str], mtimes: list[int]) -> str:
+    return _digest(f"{d}\t{m}" for d, m in zip(described, mtimes))
+
+
 def content_fingerprint(root: Path, files: list[str], described: list[str],
                         mtimes: list[int]) -> str:
     """A hash of each file's description and bytes. A fresh copy of a data set has new mtimes
@@ -68,8 +80,7 @@ def content_fingerprint(root: Path, files: list[str], described: list[str],
     (descriptions and mtimes), whose answer is remembered in the cache folder."""
     from leukoml.data._cache import cache_root
 
-    remembered = cache_root() / "fingerprints" / _digest(
-        f"{d}\t{m}" for d, m in zip(described, mtimes))
+    remembered = cache_root() / "fingerprints" / _state(described, mtimes)
     try:
         return remembered.read_text().strip()
     except OSError:
@@ -93,15 +104,6 @@ def content_fingerprint(root: Path, files: list[str], described: list[str],
         log.warning("could not remember the data set fingerprint in %s: %s",
                     remembered.parent, exc)
     return found
-
-
-def stat_fingerprint(listing: "Listing") -> str:
-    """The fingerprint of file names, sizes and mtimes that runs logged before the bytes
-    counted: a run's logged fingerprint may be either."""
-    return _digest(f"{name}\t{listing.class_names[label]}\t{split}\t{size}\t{mtime}"
-                   for name, label, split, size, mtime in zip(
-                       listing.files, listing.labels, listing.folder_splits, listing.sizes,
-                       listing.mtimes))
 
 
 def printable(text: str) -> str:

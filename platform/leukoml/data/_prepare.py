@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from leukoml.data._cache import DecodedImages, cache_root, load_or_decode
-from leukoml.data._discover import Listing, content_fingerprint, printable, stat_fingerprint
+from leukoml.data._discover import Listing, content_fingerprint, printable
 from leukoml.data._groups import GroupBy, Groups, sibling_groups
 from leukoml.data._leakage import (
     LeakageReport,
@@ -232,7 +232,7 @@ def _split(spec: DataSpec, root: Path, listing: Listing, decoded: DecodedImages,
         skipped=skipped,
         fingerprint=listing.fingerprint,
         decoded=decoded,
-        stat_fingerprint=stat_fingerprint(listing),
+        stat_fingerprint=listing.stat_fingerprint,
         groups=groups.ids if groups else None,
         leakage=leakage,
     )
