@@ -55,3 +55,20 @@ def test_scores_name_every_class_and_rank_a_perfect_model_first():
     assert scores["roc_auc_macro"] == 1.0
     assert scores["nll"] == pytest.approx(-np.log(0.97), rel=1e-6)
     assert scores["ece"] == pytest.approx(0.03, abs=1e-9)  # always right, 0.97 sure
+
+
+def test_calibration_metrics_name_before_and_after_with_intervals():
+    from leukoml.evaluation import calibration_metrics
+
+    rng = np.random.default_rng(2)
+    raw = _softmax(rng.normal(0, 2, (400, 3)))
+    labels = _sample(raw, rng)
+    calibrated = with_temperature(raw, 2.0)
+    metrics = calibration_metrics(calibrated, labels, ["eos", "lym", "mono"],
+                                  groups=np.arange(400) // 4, uncalibrated=raw)
+    for prefix, probabilities in (("test", calibrated), ("test_uncalibrated", raw)):
+        assert metrics[f"{prefix}_ece"] == expected_calibration_error(probabilities, labels)
+        assert metrics[f"{prefix}_ece_ci_low"] <= metrics[f"{prefix}_ece_ci_high"]
+        assert {f"{prefix}_roc_auc_{c}" for c in ("eos", "lym", "mono")} <= set(metrics)
+    assert not any(k.startswith("test_uncalibrated") for k in calibration_metrics(
+        calibrated, labels, ["eos", "lym", "mono"]))

@@ -77,17 +77,25 @@ def evaluate_predictions(y_true, y_pred, class_names: list[str], groups=None,
 
 
 def calibration_metrics(probabilities, y_true, class_names: list[str], groups=None,
-                        prefix: str = "test", seed: int = 0) -> dict[str, float]:
+                        prefix: str = "test", seed: int = 0,
+                        uncalibrated=None) -> dict[str, float]:
     """`<prefix>_nll`, `_brier`, `_ece` (with its group-bootstrap interval), `_roc_auc_macro`
-    and `_roc_auc_<class>` of `probabilities`: how far their confidence can be trusted."""
+    and `_roc_auc_<class>` of `probabilities`: how far their confidence can be trusted. With
+    `uncalibrated` (the same before temperature scaling), its scores too, as
+    `<prefix>_uncalibrated_*`."""
     y_true = np.asarray(y_true, dtype=np.int64)
-    metrics = {names.calibration(prefix, key, class_names): value
-               for key, value in calibration_scores(probabilities, y_true, class_names).items()}
-    if len(y_true):
-        groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
-        ece = ece_interval(probabilities, y_true, groups, seed=seed)
-        key = names.calibration(prefix, "ece", class_names)
-        metrics.update({names.ci_low(key): ece.low, names.ci_high(key): ece.high})
+    groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
+    metrics = {}
+    for name, scored in ((f"{prefix}_uncalibrated", uncalibrated), (prefix, probabilities)):
+        if scored is None:
+            continue
+        metrics.update({names.calibration(name, key, class_names): value
+                        for key, value in calibration_scores(scored, y_true,
+                                                             class_names).items()})
+        if len(y_true):
+            ece = ece_interval(scored, y_true, groups, seed=seed)
+            key = names.calibration(name, "ece", class_names)
+            metrics.update({names.ci_low(key): ece.low, names.ci_high(key): ece.high})
     return metrics
 
 

@@ -89,10 +89,10 @@ def build_ensemble(study: optuna.Study, size: int = DEFAULT_SIZE,
     temperature = fit_temperature(val, first.labels[val_idx])
     groups = first.group_ids()
     test_labels, test_groups = first.labels[test_idx], groups[test_idx]
-    calibration = calibration_metrics(test, test_labels, first.class_names, test_groups,
-                                      "test_uncalibrated")
+    averaged = test
     val, test = with_temperature(val, temperature), with_temperature(test, temperature)
-    calibration.update(calibration_metrics(test, test_labels, first.class_names, test_groups))
+    calibration = calibration_metrics(test, test_labels, first.class_names, test_groups,
+                                      uncalibrated=averaged)
     validation = evaluate_predictions(first.labels[val_idx], val.argmax(axis=1),
                                       first.class_names, groups[val_idx], names.best("val"))
     tested = evaluate_predictions(test_labels, test.argmax(axis=1), first.class_names,

@@ -181,10 +181,9 @@ def _score(model: keras.Model, config: TrainConfig, data: PreparedData) -> _Scor
         plain = _evaluate(_predict(model, data, "test", "none"), data, "test", "test",
                           config.seed)
         extra.update({names.without_tta(k): plain.metrics[k] for k in names.TEST_SUMMARY})
-    test_groups = data.group_ids()[data.splits["test"]]
-    for prefix, probabilities in (("test_uncalibrated", test_raw), ("test", test)):
-        extra.update(calibration_metrics(probabilities, test_labels, data.class_names,
-                                         test_groups, prefix, config.seed))
+    extra.update(calibration_metrics(test, test_labels, data.class_names,
+                                     data.group_ids()[data.splits["test"]], seed=config.seed,
+                                     uncalibrated=test_raw))
     extra[names.TEMPERATURE] = temperature
     return _Scores(
         validation=_evaluate(val, data, "val", names.best("val"), config.seed),
