@@ -63,19 +63,28 @@ def _purpose(name: str) -> str:
     return doc.split("\n\n")[0].replace("\n", " ")
 
 
+def _load(value) -> str:
+    return "not kept" if value is None else f"{value:.2f}"
+
+
 def _machine(data: dict) -> str:
     m = data.get("machine") or {}
     if not m:
         return ""
     return (f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('gpus', 0)} GPU; "
             f"TensorFlow {m.get('tensorflow')}, MLflow {m.get('mlflow')}, Optuna "
-            f"{m.get('optuna')}; load average {m.get('load_average_1m_at_start', 0):.2f} at "
-            f"start, {data.get('load_average_1m_at_end', 0):.2f} at end.")
+            f"{m.get('optuna')}; load average {_load(m.get('load_average_1m_at_start'))} at "
+            f"start, {_load(data.get('load_average_1m_at_end'))} at end.")
 
 
 def section(name: str, data: dict) -> list[str]:
     lines = [f"## {name}", "", _purpose(name), "", f"`python benchmarks/{name}.py`. "
              + _machine(data), ""]
+    phases = [f"- `{key}`: {_machine(value)}" for key, value in data.items()
+              if isinstance(value, dict) and "machine" in value]
+    if phases:  # a result written phase by phase: each phase ran on its own machine
+        lines += ["Phases that recorded their own machine (the others: an earlier run's, "
+                  "not recorded):", "", *phases, ""]
     scalars, tables = _flatten(data)
     if scalars:
         lines += ["| figure | value |", "|---|---|"]
