@@ -99,8 +99,9 @@ def test_train_on_synthetic_data_logs_everything_and_learns(tracking_uri, tmp_pa
     classes = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     manifest = check_training_run(client, run, classes, epochs=5)
     assert run.data.params[names.N_TRAIN] == "700" and run.data.params["tier"] == "low"
-    # learnable but not trivial: well above chance (0.2), not perfect
-    assert 0.4 <= run.data.metrics[names.TEST_ACCURACY] < 1.0
+    # learnable: well above chance (0.2). Perfect is possible: with `crop: cell` (the
+    # default) a small CNN separates the synthetic classes on some CPUs (1.0 seen)
+    assert run.data.metrics[names.TEST_ACCURACY] >= 0.4
     assert "test accuracy" in proc.stdout
 
     # the logged model, served from the raw test files, reproduces the logged test accuracy
