@@ -4,28 +4,27 @@ Many public WBC sets were built augment-first, split-later: the Kaggle
 blood-cell TRAIN folder holds ~35 geometric copies of each of ~270 smears. A
 split that puts siblings on both sides scores memory, not generalisation, and
 pixel hashes (`_leakage`) miss them. This module groups them with OpenCV,
-scikit-learn and SciPy; nothing here is a hand-written detector:
+scikit-learn, FAISS and SciPy; nothing here is a hand-written detector:
 
 1. features   SIFT keypoints with RootSIFT descriptors of each image in grey
-              (longest side <= FEATURE_SIDE px), and of its mirror image: SIFT
-              is rotation- and scale-invariant but not mirror-invariant.
-2. shortlist  a bag of visual words (MiniBatchKMeans), tf-idf weighted; the
-              cosine nearest neighbours of each image among all images and,
-              separately, among all mirror images (so a mirrored sibling is
-              never crowded out by unmirrored ones).
-3. verify     ratio-test matches, a RANSAC affine transform with at least
-              MIN_INLIERS inliers, and the candidate warped onto the image
-              correlating (NCC) at least MIN_CORRELATION over at least
-              MIN_OVERLAP of it. On Kaggle, chance matches between different
-              fields reach 9 inliers but correlate <= 0.43; siblings >= 0.76; on the
-              synthetic renders (one round cell each) distinct images reach 11
-              inliers and 0.79.
-4. group      union-find over verified pairs. A candidate already in the
-              image's group is not verified again, so the cost grows with the
-              number of images, not with their pairs.
+              (`_features`: one pass, streamed to disk; the mirror image's
+              descriptors are a permutation of the image's own).
+2. shortlist  one mirror-invariant VLAD vector per image and its nearest
+              neighbours in a FAISS HNSW graph (`_shortlist`); a neighbour is
+              a candidate only if its cosine is at least SHORTLIST_MIN (below
+              it no sibling was seen on Kaggle) and among the first TRIES.
+3. verify     in worker processes: ratio-test matches (against the plain or
+              the mirrored candidate, whichever matches more), a RANSAC affine
+              transform with at least MIN_INLIERS inliers, and the candidate
+              warped onto the image correlating (NCC) at least
+              MIN_CORRELATION over at least MIN_OVERLAP of it.
+4. group      connected components of the verified pairs.
 
-Measured against the un-augmented originals by `benchmarks/siblings.py`.
-Results are cached per dataset fingerprint, like the decode cache.
+The cost follows the images (one SIFT pass each, N log N neighbours) and the
+candidates that pass the cut, not the pairs; memory holds a vector per image.
+Measured against the un-augmented Kaggle originals, and for time and memory
+at up to 100,000 images, by `benchmarks/siblings.py`. Results are cached per
+dataset fingerprint, like the decode cache.
 """
 
 from __future__ import annotations
@@ -39,57 +38,23 @@ from pathlib import Path
 
 import numpy as np
 
-from leukoml.data._decode import ImageError, decode_gray
+from leukoml.data._features import FeatureStore, ImageFeatures, feature_row
 from leukoml.data._parallel import parallel_map
 from leukoml.progress import progress
 
 log = logging.getLogger(__name__)
 
-FEATURE_SIDE = 320  # px, longest side for SIFT: the Kaggle fields' own size
-MAX_KEYPOINTS = 400
 RATIO = 0.8  # Lowe's ratio test
-RANSAC_PIXELS = 4.0
+RANSAC_PIXELS = 2.0  # at FEATURE_SIDE px
 MIN_INLIERS = 12
 MIN_CORRELATION = 0.75
 MIN_OVERLAP = 0.1  # share of the image the warped candidate must cover
 DARK = 8  # grey level under which a pixel counts as fill (rotation corners, borders)
-NEIGHBOURS = 30  # shortlist per image, from each of the plain and mirror databases
-TRIES = 6  # verifications per image, of candidates not already in its group
-VOCABULARY = 256
-_FORMAT = 1
-
-
-@dataclass
-class ImageFeatures:
-    points: tuple[np.ndarray, np.ndarray]  # (n, 2) float32 keypoints: plain, mirrored
-    descriptors: tuple[np.ndarray, np.ndarray]  # (n, 128) uint8 RootSIFT x 512: plain, mirrored
-    thumb: np.ndarray  # grey image at half the feature scale, for the correlation check
-
-
-def _sift(grey: np.ndarray, sift) -> tuple[np.ndarray, np.ndarray]:
-    keypoints, desc = sift.detectAndCompute(grey, None)
-    if desc is None:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
-    desc = np.sqrt(desc / (desc.sum(axis=1, keepdims=True) + 1e-7))  # RootSIFT (Hellinger)
-    points = np.array([k.pt for k in keypoints], np.float32)
-    return points, np.clip(desc * 512, 0, 255).astype(np.uint8)
-
-
-def image_features(path: str) -> ImageFeatures | None:
-    """SIFT of an image file and of its mirror image; None if it cannot be decoded."""
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already: OpenCV's own threads only contend
-    try:
-        grey = decode_gray(Path(path).read_bytes(), FEATURE_SIDE)
-    except (OSError, ImageError):
-        return None
-    sift = cv2.SIFT_create(nfeatures=MAX_KEYPOINTS)
-    plain, mirror = _sift(grey, sift), _sift(cv2.flip(grey, 1), sift)
-    height, width = grey.shape
-    thumb = cv2.resize(grey, (max(1, width // 2), max(1, height // 2)),
-                       interpolation=cv2.INTER_AREA)
-    return ImageFeatures((plain[0], mirror[0]), (plain[1], mirror[1]), thumb)
+TRIES = 6  # candidates verified per image, nearest first
+SHORTLIST_MIN = 0.0  # cosine of the global vectors under which a pair is not verified
+PAIRS_PER_JOB = 256
+_FORMAT = 2
+_OPEN: dict = {}  # a verification worker's feature store
 
 
 def correlation(a: np.ndarray, b: np.ndarray, transform: np.ndarray) -> float:
@@ -109,28 +74,35 @@ def correlation(a: np.ndarray, b: np.ndarray, transform: np.ndarray) -> float:
     return float((x * y).sum()) / denominator if denominator > 0 else 0.0
 
 
-def verify(a: ImageFeatures, b: ImageFeatures, mirrored: bool, matcher) -> tuple[int, float]:
-    """(RANSAC affine inliers, correlation) of `a` against `b` (or `b`'s mirror image)."""
+def _ratio_matches(da: np.ndarray, db: np.ndarray, matcher) -> list:
+    pairs = matcher.knnMatch(da.astype(np.float32), db.astype(np.float32), k=2)
+    return [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+
+
+def verify(a: ImageFeatures, b: ImageFeatures, mirrored: bool | None, matcher,
+           ransac_pixels: float = RANSAC_PIXELS) -> tuple[int, float]:
+    """(RANSAC affine inliers, correlation) of `a` against `b` or `b`'s mirror image;
+    `mirrored=None` takes whichever of the two gives more ratio-test matches."""
     import cv2
 
-    side = int(mirrored)
-    da, db = a.descriptors[0], b.descriptors[side]
-    if len(da) < MIN_INLIERS or len(db) < MIN_INLIERS:
+    da = a.descriptors[0]
+    if len(da) < MIN_INLIERS or len(b.descriptors[0]) < MIN_INLIERS:
         return 0, 0.0
-    pairs = matcher.knnMatch(da.astype(np.float32), db.astype(np.float32), k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    sides = (0, 1) if mirrored is None else (int(mirrored),)
+    side, good = max(((s, _ratio_matches(da, b.descriptors[s], matcher)) for s in sides),
+                     key=lambda found: len(found[1]))
     if len(good) < MIN_INLIERS:
         return 0, 0.0
     src = a.points[0][[m.queryIdx for m in good]]
     dst = b.points[side][[m.trainIdx for m in good]]
     transform, inliers = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
-                                              ransacReprojThreshold=RANSAC_PIXELS)
+                                              ransacReprojThreshold=ransac_pixels)
     count = 0 if inliers is None else int(inliers.sum())
     if transform is None or count < MIN_INLIERS:
         return count, 0.0
     thumb_transform = transform.copy()
     thumb_transform[:, 2] /= 2  # the thumbnails are at half the feature scale
-    other = cv2.flip(b.thumb, 1) if mirrored else b.thumb
+    other = cv2.flip(b.thumb, 1) if side else b.thumb
     return count, correlation(a.thumb, other, thumb_transform)
 
 
@@ -138,49 +110,35 @@ def is_sibling(inliers: int, ncc: float) -> bool:
     return inliers >= MIN_INLIERS and ncc >= MIN_CORRELATION
 
 
-def shortlist(features: list[ImageFeatures | None], neighbours: int = NEIGHBOURS, seed: int = 0):
-    """Per image, candidate (image, mirrored) pairs, nearest first, by bag-of-words cosine."""
-    import scipy.sparse as sp
-    from sklearn.cluster import MiniBatchKMeans
-    from sklearn.feature_extraction.text import TfidfTransformer
-    from sklearn.neighbors import NearestNeighbors
+def _verify_pairs(job: tuple) -> np.ndarray:
+    """Worker: (inliers, correlation) of each (i, j) pair of a reopened feature store."""
+    import cv2
 
-    n = len(features)
-    usable = [i for i, f in enumerate(features) if f is not None
-              and len(f.descriptors[0]) >= MIN_INLIERS]
-    if len(usable) < 2:
-        return [[] for _ in range(n)]
-    rng = np.random.default_rng(seed)
-    pool = np.concatenate([features[i].descriptors[0] for i in usable]).astype(np.float32)
-    sample = pool[rng.choice(len(pool), min(len(pool), 100_000), replace=False)]
-    words = max(8, min(VOCABULARY, len(sample) // 20))
-    kmeans = MiniBatchKMeans(words, random_state=seed, n_init=1, batch_size=4096).fit(sample)
+    cv2.setNumThreads(1)
+    folder, pairs = job
+    if _OPEN.get("folder") != folder:  # one store per search; a worker keeps it open
+        if "store" in _OPEN:
+            _OPEN["store"].close()
+        _OPEN.update(folder=folder, store=FeatureStore.reopen(folder))
+    store, matcher = _OPEN["store"], cv2.BFMatcher(cv2.NORM_L2)
+    return np.array([verify(store.features(i), store.features(j), None, matcher)
+                     for i, j in pairs], np.float64).reshape(-1, 2)
 
-    def histograms(side: int):
-        rows, cols = [], []
-        for row, i in enumerate(usable):
-            desc = features[i].descriptors[side]
-            if len(desc):
-                cols.append(kmeans.predict(desc.astype(np.float32)))
-                rows.append(np.full(len(desc), row))
-        rows, cols = np.concatenate(rows), np.concatenate(cols)
-        return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(usable), words))
 
-    plain, mirror = histograms(0), histograms(1)
-    tfidf = TfidfTransformer(sublinear_tf=True).fit(sp.vstack([plain, mirror]))
-    plain, mirror = tfidf.transform(plain), tfidf.transform(mirror)
-    k = min(neighbours, len(usable) - 1)
-    found = []
-    for side, base in ((0, plain), (1, mirror)):
-        index = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(base)
-        distance, position = index.kneighbors(plain)
-        found.append((distance, position, side))
-    candidates: list[list[tuple[int, bool]]] = [[] for _ in range(n)]
-    for row, i in enumerate(usable):
-        ranked = sorted((d, usable[p], side) for distance, position, side in found
-                        for d, p in zip(distance[row], position[row]) if usable[p] != i)
-        candidates[i] = [(j, bool(side)) for _, j, side in ranked]
-    return candidates
+def candidate_pairs(ids: np.ndarray, similarity: np.ndarray,
+                    position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (i, j) pairs of `ids`, i < j, of each image's first TRIES neighbours (positions
+    in `ids`, -1 for none) at or above SHORTLIST_MIN, with their cosine; most similar first."""
+    take = min(TRIES, position.shape[1])
+    rows = np.repeat(ids, take)
+    position, similarity = position[:, :take].reshape(-1), similarity[:, :take].reshape(-1)
+    cols, sims = np.where(position >= 0, ids[np.maximum(position, 0)], -1), similarity
+    keep = (cols >= 0) & (sims >= SHORTLIST_MIN)
+    pairs = np.sort(np.stack([rows[keep], cols[keep]], 1), axis=1)
+    pairs, first = np.unique(pairs, axis=0, return_index=True)
+    sims = sims[keep][first]
+    order = np.argsort(-sims, kind="stable")
+    return pairs[order], sims[order]
 
 
 @dataclass
@@ -195,6 +153,8 @@ class Siblings:
     verified: int  # candidate pairs checked
     seconds: float
     cache_hit: bool = False
+    phases: dict | None = None  # seconds of features, shortlist and verification
+    candidates: dict | None = None  # every verified pair and its scores (not cached; benchmarks)
 
     @property
     def sizes(self) -> np.ndarray:
@@ -219,43 +179,52 @@ class Siblings:
                 f"{sizes.min()}-{sizes.max()}")
 
 
-def find_siblings(paths: list[str], workers: int | None = None) -> Siblings:
-    """Group the image files `paths` by field; see the module docstring."""
-    import cv2
+def find_siblings(paths: list[str], workers: int | None = None,
+                  scratch: Path | None = None) -> Siblings:
+    """Group the image files `paths` by field; see the module docstring. Features are
+    kept in a temporary folder under `scratch` (the system's by default) while it runs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from leukoml.data._shortlist import global_vectors, nearest
 
     start = time.perf_counter()
     n = len(paths)
-    features = list(progress(parallel_map(image_features, paths, workers, chunksize=32), n,
-                             "sibling search: features"))
-    candidates = shortlist(features)
-    parent = np.arange(n)
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    edges, verified = [], 0
-    for i in progress(range(n), n, "sibling search: verifying"):
-        tries = 0
-        for j, mirrored in candidates[i]:
-            if tries >= TRIES:
-                break
-            if root(i) == root(j):
-                continue
-            tries += 1
-            verified += 1
-            inliers, ncc = verify(features[i], features[j], mirrored, matcher)
-            if is_sibling(inliers, ncc):
-                parent[root(i)] = root(j)
-                edges.append((min(i, j), max(i, j), inliers, ncc))
-    group = np.unique([root(i) for i in range(n)], return_inverse=True)[1].reshape(-1)
-    pairs = np.array(edges, dtype=np.float64).reshape(-1, 4)
-    return Siblings(group.astype(np.int64), pairs[:, 0].astype(np.int64),
-                    pairs[:, 1].astype(np.int64), pairs[:, 2].astype(np.int64),
-                    pairs[:, 3].astype(np.float32), verified, time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="leukoml-features-", dir=scratch) as folder:
+        store = FeatureStore(Path(folder), n)
+        rows = parallel_map(feature_row, paths, workers, chunksize=32)
+        for i, row in enumerate(progress(rows, n, "sibling search: features")):
+            store.write(i, row)
+        phases = {"features": time.perf_counter() - start}
+        usable = np.flatnonzero(store.count >= MIN_INLIERS)
+        pairs, sims = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+        if len(usable) >= 2:
+            vectors = global_vectors(store, usable)
+            similarity, position = nearest(vectors[usable], TRIES)
+            pairs, sims = candidate_pairs(usable, similarity, position)
+        phases["shortlist"] = time.perf_counter() - start - sum(phases.values())
+        sealed = store.seal()
+        jobs = [(sealed, pairs[s:s + PAIRS_PER_JOB])
+                for s in range(0, len(pairs), PAIRS_PER_JOB)]
+        scores = list(progress(parallel_map(_verify_pairs, jobs, workers, chunksize=1,
+                                            serial_below=2),
+                               len(jobs), "sibling search: verifying", unit="job"))
+        store.close()
+    phases["verify"] = time.perf_counter() - start - sum(phases.values())
+    scores = np.concatenate(scores) if scores else np.zeros((0, 2))
+    found = np.array([is_sibling(int(a), b) for a, b in scores], bool)
+    edges = pairs[found]
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    group = connected_components(graph, directed=False)[1]
+    log.info("sibling search: %d images, %d candidate pairs verified, %d siblings, %.1f s "
+             "(%s)", n, len(pairs), len(edges), time.perf_counter() - start,
+             ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
+    return Siblings(group.astype(np.int64), edges[:, 0].astype(np.int64),
+                    edges[:, 1].astype(np.int64), scores[found, 0].astype(np.int64),
+                    scores[found, 1].astype(np.float32), len(pairs),
+                    time.perf_counter() - start, phases={k: round(v, 2) for k, v in phases.items()},
+                    candidates={"pairs": pairs, "cosine": sims, "inliers": scores[:, 0],
+                                "correlation": scores[:, 1]})
 
 
 def cached_siblings(root: Path, files: list[str], fingerprint: str, cache: Path) -> Siblings:
