@@ -12,7 +12,7 @@ import os
 import sys
 
 from leukoml import names
-from leukoml.commands import models, study, training
+from leukoml.commands import data, models, study, training
 from leukoml.commands._options import _bool, _int, option  # noqa: F401 (tests, config)
 from leukoml.errors import LeukomlError
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true",
                         help="keep TensorFlow's start-up messages and debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    data.add_prepare(sub)
     training.add_train(sub)
     training.add_promote(sub)
     study.add_search(sub)

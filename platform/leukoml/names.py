@@ -143,7 +143,7 @@ class Role:
 
     TRAIN, STUDY, WORKER, TRIAL, ENSEMBLE = "train", "study", "worker", "trial", "ensemble"
     REPORT, PROMOTION, EXPLAIN, EXPORT = "report", "promotion", "explain", "export"
-    EVALUATE = "evaluate"
+    EVALUATE, PREPARE = "evaluate", "prepare"
 
 
 def role_filter(role: str) -> str:
@@ -185,6 +185,19 @@ TAG_EXPORT = "leukoml.export"  # on a champion version: the formats exported, or
 TAG_VERSION_STUDY = "study"
 TAG_VERSION_TRIAL = "trial"
 TAG_SOURCE_RUN = "source_run_id"
+
+# --- leukoml prepare: a dataset card -------------------------------------------------
+DATASET_CARD = "data/card.json"
+DATA_IMAGES = "data_images"
+DATA_SKIPPED = "data_skipped_files"
+DATA_COPY_PAIRS = "data_copy_pairs"
+DATA_SIBLING_GROUPS = "data_sibling_groups"
+
+
+def prepare_seconds(phase: str) -> str:
+    """prepare_<phase>_seconds: listing, decode, copies, siblings, split (0 when reused)."""
+    return f"prepare_{phase}_seconds"
+
 
 # --- export (ONNX, TFLite, SavedModel) -------------------------------------------------
 EXPORT_DIR = "export"  # run artifacts: the exported files and export.json

@@ -7,7 +7,8 @@ What every job (train, search, promote, explain, evaluate) calls to turn a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,8 @@ class PreparedData:
     stat_fingerprint: str = ""  # of names, sizes and mtimes: what runs logged before bytes did
     groups: np.ndarray | None = None  # (N,) group id per image (siblings, or group_by)
     leakage: LeakageReport | None = None  # copies and siblings within/across the splits
+    # seconds per preparation phase (listing, decode, copies, siblings, split); 0 when reused
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -140,8 +143,11 @@ def prepare_dataset(spec: DataSpec) -> PreparedData:
     `drop_cross_split_duplicates` removes from train and val the images that
     copy a test image, then from train those copying a val image.
     """
+    start = time.perf_counter()
     spec, root, listing = list_source(spec)
+    seconds = {"listing": time.perf_counter() - start}
     decoded = load_or_decode(listing, spec.image_size, spec.crop)
+    seconds["decode"] = 0.0 if decoded.cache_hit else decoded.seconds
     labels = np.asarray(listing.labels)[decoded.kept]
     files = [listing.files[i] for i in decoded.kept]
     folder_splits = [listing.folder_splits[i] for i in decoded.kept]
@@ -153,7 +159,8 @@ def prepare_dataset(spec: DataSpec) -> PreparedData:
         log.warning("skipped %d file(s) that are not usable images (listed in the run's "
                     "data/skipped_files.csv): %s%s", len(skipped), shown, more)
     try:
-        return _split(spec, root, listing, decoded, labels, files, folder_splits, skipped)
+        return _split(spec, root, listing, decoded, labels, files, folder_splits, skipped,
+                      seconds)
     except LeukomlError as exc:
         if not skipped:
             raise
@@ -174,7 +181,7 @@ def _write_skipped(skipped: list[tuple[str, str]], fingerprint: str) -> Path:
 
 
 def _split(spec: DataSpec, root: Path, listing: Listing, decoded: DecodedImages, labels, files,
-           folder_splits, skipped) -> PreparedData:
+           folder_splits, skipped, seconds: dict[str, float]) -> PreparedData:
     """Group and split decoded images; check the split for copies and empty classes."""
     counts = np.bincount(labels, minlength=len(listing.class_names))
     for label, count in enumerate(counts):
@@ -186,8 +193,11 @@ def _split(spec: DataSpec, root: Path, listing: Listing, decoded: DecodedImages,
     copies = cached_copies(decoded.images, decoded.sha256, decoded.phash, decoded.path)
     log.info("%s the copy search (%d pairs) in %.2f s",
              "reused" if copies.cache_hit else "ran", len(copies.first), copies.seconds)
+    seconds["copies"] = 0.0 if copies.cache_hit else copies.seconds
     groups, siblings = _grouping(spec, root, listing, decoded, files, labels, folder_splits,
                                  copies)
+    seconds["siblings"] = 0.0 if siblings is None or siblings.cache_hit else siblings.seconds
+    start = time.perf_counter()
     splits, split_source = assign_splits(
         labels, folder_splits, listing.class_names, spec.seed, fractions=spec.fractions,
         groups=groups.ids if groups else None,
@@ -220,7 +230,9 @@ def _split(spec: DataSpec, root: Path, listing: Listing, decoded: DecodedImages,
             "data: no training images for class(es) "
             + ", ".join(printable(listing.class_names[m]) for m in sorted(missing))
         )
+    seconds["split"] = time.perf_counter() - start
     return PreparedData(
+        seconds={k: round(v, 2) for k, v in seconds.items()},
         spec=spec,
         root=root,
         class_names=listing.class_names,

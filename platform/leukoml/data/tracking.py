@@ -114,3 +114,38 @@ def log_data(data: PreparedData) -> None:
                        if line.startswith("WARNING"))
         mlflow.set_tag(names.TAG_LEAKAGE, warning[:500])
     log_skipped(data.skipped)
+
+
+def dataset_card(data: PreparedData) -> dict:
+    """What `leukoml prepare` found in a dataset, for a person deciding whether to train on it."""
+    leakage = data.leakage
+    found = data.decoded.cell_found
+    return {
+        "dataset": str(data.root), "fingerprint": data.fingerprint,
+        "images": len(data.files), "classes": data.class_names,
+        "images_per_class_and_split": data.class_counts(),
+        "split": data.split_source,
+        "siblings": (leakage.siblings or {}).get("summary"),
+        "sibling_groups": (leakage.siblings or {}).get("groups"),
+        "copy_pairs": sum(n for kinds in leakage.pairs.values() for where in kinds.values()
+                          for n in where.values()),
+        "crop": data.spec.crop,
+        "crop_cell_found": (f"{sum(found)} of {len(found)}" if data.spec.crop == "cell"
+                            else "no crop"),
+        "skipped_files": len(data.skipped),
+        "seconds": data.seconds,
+    }
+
+
+def log_dataset_card(data: PreparedData) -> dict:
+    """The card as `data/card.json`, its figures as metrics, and everything `log_data` logs."""
+    card = dataset_card(data)
+    log_data(data)
+    mlflow.log_dict(card, names.DATASET_CARD)
+    metrics = {names.DATA_IMAGES: card["images"], names.DATA_SKIPPED: card["skipped_files"],
+               names.DATA_COPY_PAIRS: card["copy_pairs"]}
+    if card["sibling_groups"] is not None:
+        metrics[names.DATA_SIBLING_GROUPS] = card["sibling_groups"]
+    metrics.update({names.prepare_seconds(phase): s for phase, s in data.seconds.items()})
+    mlflow.log_metrics(metrics)
+    return card
