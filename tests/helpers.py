@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -37,13 +38,18 @@ def write_image(path: Path, pixels: np.ndarray | None = None, size=(40, 40), **s
     return path
 
 
+def skip_outside_ci(reason: str) -> NoReturn:
+    """Skip for `reason` (a part this machine lacks), except in CI (CI=true; .ci/run sets
+    it), which installs every part: there a skip would hide a missing one, so it fails."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}, and CI must have it")
+    pytest.skip(reason)
+
+
 def skip_unless_shared(present: bool, what: str) -> None:
-    """Skip when something of ../shared is missing, except in CI, which has it: there a
-    skip would hide a missing part, so it fails."""
+    """Skip when something of ../shared is missing (a failure in CI, which has it)."""
     if not present:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{what} not present, and CI must have it")
-        pytest.skip(f"{what} not present")
+        skip_outside_ci(f"{what} not present")
 
 
 def skip_without_real_data():
@@ -159,19 +165,19 @@ class PostgresServer:
 def postgres_server() -> Iterator[PostgresServer]:
     """A throw-away PostgreSQL server on a free loopback port.
 
-    Skips where the binaries are missing; fails if they are there but the server
-    does not start (CI installs them: a skip there would hide a breakage).
+    Skips where the binaries are missing, except in CI, which installs them (see
+    `skip_outside_ci`); fails if they are there but the server does not start.
     initdb refuses to run as root, so as root the server runs as the `postgres`
     user, in a folder under the system temp dir (pytest's tmp_path is root-only).
     """
     bin_dir = postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found")
+        skip_outside_ci("PostgreSQL binaries (initdb, pg_ctl) not found")
     initdb, pg_ctl = str(bin_dir / "initdb"), str(bin_dir / "pg_ctl")
     as_user: list[str] = []
     if os.geteuid() == 0:
         if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser")
+            skip_outside_ci("running as root without runuser to start PostgreSQL as postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     folder = Path(tempfile.mkdtemp(prefix="leukoml-pg-"))
     if as_user:
