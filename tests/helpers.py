@@ -12,16 +12,18 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NoReturn, TypeVar
 
 import numpy as np
 import pytest
 from PIL import Image
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("LEUKOML_REAL_DATA", REPO.parent / "shared" / "data"))
 KAGGLE = REAL_DATA / "kaggle-blood-cells"
@@ -37,13 +39,18 @@ def write_image(path: Path, pixels: np.ndarray | None = None, size=(40, 40), **s
     return path
 
 
+def skip_outside_ci(reason: str) -> NoReturn:
+    """Skip for `reason` (a part this machine lacks), except in CI (CI=true; .ci/run sets
+    it), which installs every part: there a skip would hide a missing one, so it fails."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}, and CI must have it")
+    pytest.skip(reason)
+
+
 def skip_unless_shared(present: bool, what: str) -> None:
-    """Skip when something of ../shared is missing, except in CI, which has it: there a
-    skip would hide a missing part, so it fails."""
+    """Skip when something of ../shared is missing (a failure in CI, which has it)."""
     if not present:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{what} not present, and CI must have it")
-        pytest.skip(f"{what} not present")
+        skip_outside_ci(f"{what} not present")
 
 
 def skip_without_real_data():
@@ -100,6 +107,20 @@ def group_alive(proc: subprocess.Popen) -> bool:
         return False
 
 
+def poll(check: Callable[[], T], timeout: float, interval: float = 0.5) -> T | None:
+    """`check()` every `interval` s until it returns something truthy, which is returned;
+    None after `timeout` s. Only for the state of another process (a server coming up, a
+    run logging, a process group dying), which sends this one no event to wait on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(interval)
+
+
 def stop_process_group(proc: subprocess.Popen, grace: float = 15) -> None:
     """SIGTERM the process group of `proc`; SIGKILL whatever is left after `grace` s."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -109,10 +130,38 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 15) -> None:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
-        deadline = time.monotonic() + grace
-        while group_alive(proc) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        poll(lambda: not group_alive(proc), grace, interval=0.2)
     proc.wait(5)
+
+
+def start_together(script: str, argvs: list[list[str]], folder: Path,
+                   env: dict[str, str]) -> list[tuple[str, str]]:
+    """Run one `python -c script` per argv, released at once; (stdout, stderr) of each.
+
+    Each racer prints "ready" when its imports are done, then waits for a line on stdin;
+    all are sent theirs once all are ready: a barrier across processes, however slowly
+    each starts. stderr goes to a file, so a chatty import cannot fill a pipe nobody reads.
+    """
+    racers = []
+    for i, argv in enumerate(argvs):
+        err = folder / f"racer{i}.err"
+        with open(err, "w") as sink:
+            racers.append((subprocess.Popen(
+                [sys.executable, "-c", script, *argv], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=sink, text=True, env=env), err))
+    for proc, err in racers:
+        if proc.stdout.readline().strip() != "ready":
+            proc.wait(60)
+            pytest.fail(f"a racer ended before the start:\n{tail(err)}")
+    for proc, _ in racers:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = []
+    for proc, err in racers:
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, tail(err)
+        results.append((out, err.read_text()))
+    return results
 
 
 def find_free_port() -> int:
@@ -159,19 +208,19 @@ class PostgresServer:
 def postgres_server() -> Iterator[PostgresServer]:
     """A throw-away PostgreSQL server on a free loopback port.
 
-    Skips where the binaries are missing; fails if they are there but the server
-    does not start (CI installs them: a skip there would hide a breakage).
+    Skips where the binaries are missing, except in CI, which installs them (see
+    `skip_outside_ci`); fails if they are there but the server does not start.
     initdb refuses to run as root, so as root the server runs as the `postgres`
     user, in a folder under the system temp dir (pytest's tmp_path is root-only).
     """
     bin_dir = postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found")
+        skip_outside_ci("PostgreSQL binaries (initdb, pg_ctl) not found")
     initdb, pg_ctl = str(bin_dir / "initdb"), str(bin_dir / "pg_ctl")
     as_user: list[str] = []
     if os.geteuid() == 0:
         if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser")
+            skip_outside_ci("running as root without runuser to start PostgreSQL as postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     folder = Path(tempfile.mkdtemp(prefix="leukoml-pg-"))
     if as_user:
@@ -216,19 +265,18 @@ def server_process(
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     name = " ".join(command[:3])
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited ({proc.returncode}):\n{tail(log_path)}")
+        try:
+            return requests.get(f"{url}{health_path}", timeout=2).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or still booting
+            return False
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited ({proc.returncode}):\n{tail(log_path)}")
-            try:
-                if requests.get(f"{url}{health_path}", timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):  # not listening, or still booting
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name} not up after {timeout} s:\n{tail(log_path)}")
-            time.sleep(0.5)
+        if not poll(up, timeout):
+            pytest.fail(f"{name} not up after {timeout} s:\n{tail(log_path)}")
         yield url
     finally:
         stop_process_group(proc)

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
-import socket
+import sys
 
 import keras
 import pytest
 from helpers import REPO, skip_unless_shared
 
-from leukoml.backbones import BACKBONES, TIERS, check_weights, get_backbone, list_backbones
+from leukoml.backbones import (
+    BACKBONES,
+    TIERS,
+    Backbone,
+    _registry,
+    check_weights,
+    get_backbone,
+    list_backbones,
+)
 from leukoml.errors import LeukomlError
 
 SEEDS = REPO.parent / "shared" / "seeds"
@@ -86,6 +94,48 @@ def test_weights_are_checked_before_anything_is_built(tmp_path):
         check_weights(str(text))
 
 
+# A throwaway custom backbone: its module, and the one registry line that names it.
+THROWAWAY_MODULE = """
+import keras
+
+
+def features(x):
+    return keras.layers.Conv2D(5, 3, strides=2, name="throwaway_conv")(x)
+"""
+
+
+def test_a_custom_backbone_is_its_module_plus_one_registry_line(tmp_path, monkeypatch, request):
+    from leukoml.backbones.classifier import build_classifier
+
+    (tmp_path / "throwaway_cnn.py").write_text(THROWAWAY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    request.addfinalizer(lambda: sys.modules.pop("throwaway_cnn", None))
+    line = Backbone("ThrowawayCNN", "low", 0.001, 32, "leukoml", "throwaway",
+                    builder="throwaway_cnn:features")
+    monkeypatch.setattr(_registry, "BACKBONES", _registry.load_table((*BACKBONES.values(), line)))
+    assert "throwaway_cnn" not in sys.modules  # checked at load without running the module
+    assert get_backbone("ThrowawayCNN") in list_backbones("low")
+
+    model = build_classifier(get_backbone("ThrowawayCNN"), 3, 32)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.name for c in convs] == ["throwaway_conv"]  # its own network, not Asghar's
+    assert model.get_layer("throwaway_conv").output.shape[1:] == (15, 15, 5)
+    with pytest.raises(LeukomlError, match="ThrowawayCNN has no ImageNet weights"):
+        build_classifier(get_backbone("ThrowawayCNN"), 3, 32, weights="imagenet")
+
+
+@pytest.mark.parametrize("builder", [
+    "leukoml.backbones._asghar:asghar2022_featurez",  # a typo in the function
+    "leukoml.backbones._ashgar:asghar2022_features",  # a typo in the module
+    "asghar2022_features",  # no module
+])
+def test_a_registry_line_naming_an_unknown_builder_fails_at_load_with_its_name(builder):
+    line = Backbone("TypoCNN", "low", 1.0, 32, "leukoml", "typo", builder=builder)
+    expected = rf"backbone TypoCNN: unknown builder '{re.escape(builder)}'"
+    with pytest.raises(LeukomlError, match=expected):
+        _registry.load_table((*BACKBONES.values(), line))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_builds_flat_at_its_minimum_size(name):
@@ -138,22 +188,25 @@ def test_asghar_cnn_is_the_papers_model():
     assert model.count_params() == pytest.approx(get_backbone("Asghar2022CNN").param_count, rel=0.01)
 
 
-def _online() -> bool:
-    try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_imagenet_weights_offline_fail_with_the_cache_folder_and_the_none_option(
     tmp_path, monkeypatch
 ):
-    if _online():
-        pytest.skip("this machine can download ImageNet weights")
+    """Offline on any machine: an empty Keras cache, and the network refused where
+    urllib opens it (Keras downloads through urllib.request.urlretrieve)."""
+    import urllib.error
+    import urllib.request
+
     from leukoml.backbones.classifier import build_classifier
 
+    asked = []
+
+    def offline(url, *args, **kwargs):
+        asked.append(getattr(url, "full_url", url))
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     with pytest.raises(LeukomlError, match=r"weights: none") as info:
         build_classifier(get_backbone("MobileNetV3Small"), 3, 32, weights="imagenet")
     assert str(tmp_path / "keras" / "models") in str(info.value)
+    assert len(asked) == 1 and "mobilenet_v3" in asked[0]  # the download was tried, once

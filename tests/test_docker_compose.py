@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, skip_outside_ci
 
 DOCKER = REPO / "docker"
 COMPOSE_TEXT = (DOCKER / "docker-compose.yml").read_text()
@@ -155,9 +155,10 @@ def test_secrets_come_from_the_env_file(name):
     assert "docker/.env" in ignored
 
 
-@pytest.mark.skipif(not shutil.which("flock"), reason="flock (util-linux) not installed")
 def test_workers_of_one_host_take_a_gpu_each(tmp_path):
     """The worker entry point with stand-ins for nvidia-smi (two GPUs) and mlflow."""
+    if not shutil.which("flock"):
+        skip_outside_ci("flock (util-linux) not installed")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: A'\necho 'GPU 1: B'\n")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import mlflow
 import pytest
@@ -191,24 +190,36 @@ def test_racing_promotions_leave_the_better_model_as_champion(store, weak, mediu
 
 
 def test_a_waiting_promotion_rereads_the_champion_after_taking_the_lock(
-        store, weak, medium, strong, tmp_path):
+        store, weak, medium, strong, tmp_path, monkeypatch):
     lock_url = str(tmp_path / "optuna.journal")
     promote(weak, "reread", lock_url=lock_url, export=())
     better = mlflow.register_model(find_serving_model(strong), "reread").version
-    client, out = MlflowClient(), []
+    client, out, errors = MlflowClient(), [], []
+    at_the_lock = threading.Event()
+
+    def announced_lock(*args, **kwargs):  # the real lock, once the waiter has reached it
+        at_the_lock.set()
+        return promotion_lock(*args, **kwargs)
+
+    def run() -> None:
+        try:
+            out.append(promote(medium, "reread", lock_url=lock_url, export=()))
+        except Exception as exc:  # surfaced below; a thread cannot fail the test itself
+            errors.append(exc)
+            at_the_lock.set()
+
+    monkeypatch.setattr("leukoml.registry.promotion_lock", announced_lock)
     with promotion_lock(lock_url, "reread"):
-        waiting = threading.Thread(target=lambda: out.append(
-            promote(medium, "reread", lock_url=lock_url, export=())))
+        waiting = threading.Thread(target=run)
         waiting.start()
-        deadline = time.monotonic() + 300
-        while int(alias("reread", CANDIDATE)) <= int(better):  # not yet registered
-            assert time.monotonic() < deadline and waiting.is_alive()
-            time.sleep(0.5)
-        time.sleep(5)  # the candidate is scored, then it waits for the lock
-        assert waiting.is_alive()
+        # registered and scored, everything before the lock is done; it cannot pass the
+        # lock while this holds it
+        assert at_the_lock.wait(600) and not errors, errors
         # Another promotion, holding the lock, moves the champion meanwhile.
         client.set_registered_model_alias("reread", CHAMPION, better)
-    waiting.join(300)
+        assert not out
+    waiting.join(600)
+    assert not errors, errors
     result = out[0]
     assert result.previous_champion == str(better)
     assert not result.promoted and alias("reread", CHAMPION) == str(better)
@@ -228,24 +239,41 @@ def test_lock_paths(tmp_path, isolated_cache):
 
 
 def test_the_file_lock_excludes_other_threads_until_released(tmp_path):
-    url, got = f"sqlite:///{tmp_path / 'mlflow.db'}", []
+    url = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with promotion_lock(url, "m"):
         with pytest.raises(LeukomlError, match=r"lock 'promote-m' .* still held after 0 s"):
             with promotion_lock(url, "m", timeout=0.3):
                 pass
-        other = threading.Thread(target=lambda: _hold(promotion_lock(url, "m"), got))
-        other.start()
-        time.sleep(0.5)
-        assert not got  # still waiting
+        other = _Contender(lambda: promotion_lock(url, "m", timeout=0.2))
+        assert other.refused.wait(60)  # it tried while this held the lock, and was kept out
+        assert not other.got
         with promotion_lock(url, "other-model", timeout=0.3):  # another model is not blocked
             pass
-    other.join(10)
-    assert got == ["held"]
+    other.join(60)
+    assert other.got == ["held"] and not other.errors
 
 
-def _hold(lock, got: list) -> None:
-    with lock:
-        got.append("held")
+class _Contender(threading.Thread):
+    """A thread that takes `lock()` (a short timeout) until it gets it: `refused` is set
+    once an attempt timed out, so a test knows it was kept out rather than not started."""
+
+    def __init__(self, lock):
+        super().__init__(daemon=True)
+        self.lock, self.refused, self.got, self.errors = lock, threading.Event(), [], []
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                with self.lock():
+                    self.got.append("held")
+                    return
+            except LeukomlError:
+                self.refused.set()
+            except Exception as exc:  # surfaced by the test
+                self.errors.append(exc)
+                self.refused.set()
+                return
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +287,6 @@ def postgres_url():
 def test_the_postgres_advisory_lock_excludes_other_sessions(postgres_url):
     import sqlalchemy
 
-    got = []
     with promotion_lock(postgres_url, "m"):
         engine = sqlalchemy.create_engine(postgres_url.replace("postgresql:",
                                                               "postgresql+psycopg2:"))
@@ -272,12 +299,11 @@ def test_the_postgres_advisory_lock_excludes_other_sessions(postgres_url):
             with promotion_lock(postgres_url, "m", timeout=0.3):
                 pass
         assert "secret" not in str(caught.value)
-        other = threading.Thread(target=lambda: _hold(promotion_lock(postgres_url, "m"), got))
-        other.start()
-        time.sleep(0.5)
-        assert not got
+        other = _Contender(lambda: promotion_lock(postgres_url, "m", timeout=0.2))
+        assert other.refused.wait(60)
+        assert not other.got
         with promotion_lock(postgres_url, "other-model", timeout=0.3):
             pass
-    other.join(10)
-    assert got == ["held"]
+    other.join(60)
+    assert other.got == ["held"] and not other.errors
     assert advisory_key("promote-m") != advisory_key("promote-other-model")

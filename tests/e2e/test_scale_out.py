@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +25,9 @@ import yaml
 from helpers import (
     REPO,
     mlflow_run_args,
+    poll,
     postgres_server,
+    start_together,
     stop_process_group,
     tail,
     tracking_server,
@@ -101,11 +102,8 @@ def running_workers(
 
 
 def wait_for(workers: dict[Path, subprocess.Popen], timeout: float = WORKERS_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in workers.values()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"workers still running after {timeout} s:\n" + logs(workers))
-        time.sleep(1)
+    if not poll(lambda: all(p.poll() is not None for p in workers.values()), timeout, 1):
+        pytest.fail(f"workers still running after {timeout} s:\n" + logs(workers))
 
 
 def logs(workers: dict[Path, subprocess.Popen]) -> str:
@@ -148,14 +146,14 @@ def check_promoted_once(client: MlflowClient, study: optuna.Study, model: str) -
 
 
 _ELECTION = """
-import json, sys, time
+import json, sys
 from leukoml.study import load_search_space
 import leukoml.registry  # imported before the start line, as open_storage needs it
 from leukoml.study import fill_queue, open_storage
 from leukoml.study.search import _open_study
-url, space, start, me = sys.argv[1:5]
-while time.time() < float(start):
-    time.sleep(0.005)
+url, space, me = sys.argv[1:4]
+print("ready", flush=True)
+sys.stdin.readline()
 storage = open_storage(url)
 study, parent = _open_study(load_search_space(space), "race", storage, me)
 print(json.dumps({"me": me, "parent": parent, "added": fill_queue(study, 5, url)}))
@@ -168,16 +166,10 @@ def test_workers_starting_at_once_elect_one_leader_and_queue_the_budget_once(
     # A fresh database: creating Optuna's tables races too.
     url = postgres.create_database("optuna_race")
     space = search_space(tmp_path / "space.yaml", n_trials=5)
-    start = time.time() + 15  # after every interpreter has imported optuna and mlflow
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
-    procs = [subprocess.Popen([sys.executable, "-c", _ELECTION, url, space, str(start),
-                               f"run-{i}"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(4)]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    racers = start_together(_ELECTION, [[url, space, f"run-{i}"] for i in range(4)], tmp_path,
+                            env)
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in racers]
     parents = {r["parent"] for r in results}
     assert len(parents) == 1  # one leader, and everybody nests under its run
     assert parents <= {r["me"] for r in results}
@@ -188,22 +180,22 @@ def test_workers_starting_at_once_elect_one_leader_and_queue_the_budget_once(
 
 
 _DATASET_INPUT = """
-import sys, time
+import sys
 import mlflow, pandas as pd
 from leukoml.data.tracking import _log_input
-url, experiment, start, name = sys.argv[1:5]
+url, experiment, name = sys.argv[1:4]
 mlflow.set_tracking_uri(url)
 frame = pd.DataFrame({"file": [f"f{i}.png" for i in range(40)], "class": ["a", "b"] * 20})
 dataset = mlflow.data.from_pandas(frame, source="/data", targets="class", name=name)
 with mlflow.start_run(experiment_id=experiment) as run:
-    while time.time() < float(start):
-        time.sleep(0.002)
+    print("ready", flush=True)
+    sys.stdin.readline()
     _log_input(dataset, "training")
 print(run.info.run_id)
 """
 
 
-def test_workers_logging_one_new_dataset_at_once_all_record_it(mlflow_server):
+def test_workers_logging_one_new_dataset_at_once_all_record_it(mlflow_server, tmp_path):
     """MLflow's store looks a dataset up, then inserts it: workers whose first trials log
     the same new split at once collide on its key (UniqueViolation; seen failing trial 0
     in CI). Every run must still end with the dataset as its input."""
@@ -213,14 +205,8 @@ def test_workers_logging_one_new_dataset_at_once_all_record_it(mlflow_server):
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
     run_ids = []
     for round_ in range(3):  # the collision needs the inserts to overlap: a few rounds
-        start = time.time() + 12  # after every interpreter has imported mlflow
-        procs = [subprocess.Popen([sys.executable, "-c", _DATASET_INPUT, tracking_uri,
-                                   experiment, str(start), f"split-{round_}"], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(3)]
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err[-3000:]
+        argv = [tracking_uri, experiment, f"split-{round_}"]
+        for out, err in start_together(_DATASET_INPUT, [argv] * 3, tmp_path, env):
             assert "not logged" not in err, err[-3000:]
             run_ids.append(out.strip().splitlines()[-1])
     for run_id in run_ids:
@@ -295,27 +281,33 @@ def test_a_killed_worker_has_its_trial_failed_retried_and_the_study_completes(
         # Once both workers train a trial (each with its MLflow run), kill the study's
         # leader, whose run is the parent: the hardest worker to lose. The survivor then
         # has no queued trial left and must fail the stale trial itself while waiting.
-        deadline = time.monotonic() + WORKERS_TIMEOUT
         optuna_storage = optuna.storages.RDBStorage(rdb_url(storage))
-        victim = None
-        while victim is None:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in workers.values()):
-                pytest.fail("never saw both workers training:\n" + logs(workers))
-            time.sleep(0.5)
+
+        def leaders_trial():
+            """(the leader's running trial, its run's tags) once both workers train."""
+            if any(p.poll() is not None for p in workers.values()):
+                pytest.fail("a worker ended before both trained:\n" + logs(workers))
             try:
                 study = optuna.load_study(study_name="killed", storage=optuna_storage)
             except KeyError:
-                continue
+                return None
             parent = study.user_attrs.get(PARENT_RUN_ATTR)
             running = {}
             for trial in study.get_trials(states=(RUNNING,)):
                 run_id = trial.user_attrs.get(RUN_ID_ATTR)
                 if parent and run_id:
                     running[trial.number] = (trial, client.get_run(run_id).data.tags)
-            if len(running) == 2:
-                [(victim, tags)] = [(t, tags) for t, tags in running.values()
-                                    if tags["leukoml.worker_run"] == parent]
-                pid = int(tags["leukoml.worker"].rsplit("-", 1)[1])  # the trainer
+            if len(running) != 2:
+                return None
+            [found] = [(t, tags) for t, tags in running.values()
+                       if tags["leukoml.worker_run"] == parent]
+            return found
+
+        found = poll(leaders_trial, WORKERS_TIMEOUT)
+        if found is None:
+            pytest.fail("never saw both workers training:\n" + logs(workers))
+        victim, tags = found
+        pid = int(tags["leukoml.worker"].rsplit("-", 1)[1])  # the trainer
         group = os.getpgid(pid)
         [leader] = [p for p in workers.values() if p.pid == group]  # in its mlflow run group
         os.killpg(group, signal.SIGKILL)

@@ -6,7 +6,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from helpers import make_experiment, mlflow_run_args, run_cli
+from helpers import make_experiment, mlflow_run_args, poll, run_cli
 from mlflow.tracking import MlflowClient
 
 from leukoml import names
@@ -206,7 +206,6 @@ def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     from helpers import REPO, stop_process_group
@@ -230,14 +229,12 @@ def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
     with open(tmp_path / "killed.log", "w") as log:
         leader = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
+    def trained_an_epoch() -> bool:
+        trials = client.search_runs([experiment], names.role_filter(names.Role.TRIAL))
+        return bool(trials and client.get_metric_history(trials[0].info.run_id, "loss"))
+
     try:  # kill it (the whole group, no goodbye) once its first trial has trained an epoch
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            trials = client.search_runs([experiment], names.role_filter(names.Role.TRIAL))
-            if trials and client.get_metric_history(trials[0].info.run_id, "loss"):
-                break
-            time.sleep(1)
-        else:
+        if not poll(trained_an_epoch, 300, interval=1):
             pytest.fail("no trial trained an epoch:\n" + (tmp_path / "killed.log").read_text())
         os.killpg(leader.pid, signal.SIGKILL)
     finally:

@@ -9,8 +9,32 @@ from leukoml.evaluation.calibration import (
     calibration_scores,
     expected_calibration_error,
     fit_temperature,
+    reliability_figure,
     with_temperature,
 )
+
+# A worked example: 4 images 90% sure (3 right) and 6 images 55% sure (5 right).
+WORKED = np.array([[0.90, 0.05, 0.05]] * 4 + [[0.55, 0.25, 0.20]] * 6)
+WORKED_LABELS = np.array([0, 0, 0, 1] + [0, 0, 0, 0, 0, 2])
+# 15 bins put the groups apart: (4 * |3/4 - 0.90| + 6 * |5/6 - 0.55|) / 10 = (0.6 + 1.7) / 10
+WORKED_ECE_15 = 0.23
+# 2 bins ([0, 0.5), [0.5, 1]) put them together: |8/10 - (4 * 0.90 + 6 * 0.55) / 10| = |0.8 - 0.69|
+WORKED_ECE_2 = 0.11
+
+
+def test_ece_on_a_worked_example_follows_its_bins():
+    assert expected_calibration_error(WORKED, WORKED_LABELS) == pytest.approx(WORKED_ECE_15)
+    assert expected_calibration_error(WORKED, WORKED_LABELS, bins=2) == pytest.approx(WORKED_ECE_2)
+
+
+@pytest.mark.parametrize(("bins", "ece", "points"), [(15, WORKED_ECE_15, 2), (2, WORKED_ECE_2, 1)])
+def test_the_reliability_figure_draws_and_scores_the_bins_it_is_given(bins, ece, points):
+    figure = reliability_figure(WORKED, None, WORKED_LABELS, 1.0, bins=bins)
+    (ax,) = figure.axes
+    (label,) = [t.get_text() for t in ax.get_legend().get_texts() if "ECE" in t.get_text()]
+    assert label.endswith(f"ECE {ece:.3f}")
+    curve = ax.lines[1]  # lines[0] is the diagonal
+    assert len(curve.get_xdata()) == points
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -60,14 +84,13 @@ def test_scores_name_every_class_and_rank_a_perfect_model_first():
 def test_calibration_metrics_name_before_and_after_with_intervals():
     from leukoml.evaluation import calibration_metrics
 
-    rng = np.random.default_rng(2)
-    raw = _softmax(rng.normal(0, 2, (400, 3)))
-    labels = _sample(raw, rng)
-    calibrated = with_temperature(raw, 2.0)
+    # "after": every image 80% sure, 8 of 10 right, so a perfect ECE of 0
+    calibrated = np.array([[0.8, 0.1, 0.1]] * 10)
+    labels = WORKED_LABELS
     metrics = calibration_metrics(calibrated, labels, ["eos", "lym", "mono"],
-                                  groups=np.arange(400) // 4, uncalibrated=raw)
-    for prefix, probabilities in (("test", calibrated), ("test_uncalibrated", raw)):
-        assert metrics[f"{prefix}_ece"] == expected_calibration_error(probabilities, labels)
+                                  groups=np.arange(10) // 2, uncalibrated=WORKED)
+    for prefix, ece in (("test", 0.0), ("test_uncalibrated", WORKED_ECE_15)):
+        assert metrics[f"{prefix}_ece"] == pytest.approx(ece, abs=1e-12)
         assert metrics[f"{prefix}_ece_ci_low"] <= metrics[f"{prefix}_ece_ci_high"]
         assert {f"{prefix}_roc_auc_{c}" for c in ("eos", "lym", "mono")} <= set(metrics)
     assert not any(k.startswith("test_uncalibrated") for k in calibration_metrics(

@@ -114,9 +114,7 @@ def test_a_worker_with_nothing_queued_fails_a_lost_trial_and_runs_its_retry(
         ran.append((trial.number, trial.suggest_float("x", 0, 1)))
         return 1.0
 
-    started = time.monotonic()
     _work(study, objective, storage, deadline=None)
-    assert time.monotonic() - started < 30  # about the 2 s grace period
     retry = study.trials[-1]
     assert study.trials[lost.number].state == FAIL
     assert retry.state == COMPLETE and retry.system_attrs["failed_trial"] == lost.number
@@ -125,7 +123,7 @@ def test_a_worker_with_nothing_queued_fails_a_lost_trial_and_runs_its_retry(
 
 
 def test_a_waiting_worker_leaves_at_its_timeout_while_a_live_trial_runs(
-    fast_heartbeat, tmp_path
+    fast_heartbeat, tmp_path, capsys
 ):
     storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     study = optuna.create_study(storage=storage)
@@ -138,23 +136,24 @@ def test_a_waiting_worker_leaves_at_its_timeout_while_a_live_trial_runs(
 
     thread = threading.Thread(target=beat)
     thread.start()
+    deadline = time.monotonic() + 4  # two heartbeat checks
     try:
-        started = time.monotonic()
-        _work(study, lambda t: pytest.fail("nothing is queued"), storage,
-              deadline=time.monotonic() + 4)
-        elapsed = time.monotonic() - started
+        _work(study, lambda t: pytest.fail("nothing is queued"), storage, deadline=deadline)
     finally:
         alive.set()
         thread.join()
-    assert 4 <= elapsed < 15
+    assert time.monotonic() >= deadline  # it waited for the live trial until its timeout
+    assert f"trial(s) {trial.number} still marked RUNNING" in capsys.readouterr().out
     assert study.trials[trial.number].state == RUNNING  # live: never failed
 
 
-def test_without_heartbeat_a_worker_does_not_wait(tmp_path):
+def test_without_heartbeat_a_worker_does_not_wait(tmp_path, capsys):
     """A journal file cannot tell a dead worker from a slow one."""
     storage = open_storage(str(tmp_path / "study.journal"))
     study = optuna.create_study(storage=storage)
-    study.ask()
-    started = time.monotonic()
-    _work(study, lambda t: pytest.fail("nothing is queued"), storage, deadline=None)
-    assert time.monotonic() - started < 2
+    running = study.ask()
+    # a deadline only so that a worker that did wait would come back and fail here
+    _work(study, lambda t: pytest.fail("nothing is queued"), storage,
+          deadline=time.monotonic() + 30)
+    assert "still marked RUNNING" not in capsys.readouterr().out
+    assert study.trials[running.number].state == RUNNING

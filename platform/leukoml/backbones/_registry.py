@@ -5,10 +5,18 @@ table's parameter count (millions, with the ImageNet top) and tier, plus the
 small CNN of Asghar et al. (2022). `min_size` is the smallest square input the
 model builds at without its top (measured; `tests/test_backbones.py` builds
 every entry there).
+
+Each entry names its builder. A custom backbone is its module (one function from
+the scaled image tensor to the last feature map, like `_asghar.py`) plus one line
+in `_ENTRIES` naming it as "package.module:function"; a builder that names no
+such function is refused when this table loads, so a typo cannot train another
+network.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +35,8 @@ PREPROCESS = {
 # Peak learning rates by family. Asghar2022CNN's 124k-wide dense layer dies at 1e-3 on
 # real images (91% dead units, chance accuracy): 1e-4, the paper's own.
 LEARNING_RATES = {"default": 1e-3, "asghar2022": 1e-4}
+# The builder of the 40 Table 2 entries: the `keras.applications` class of the entry's name.
+KERAS_APPLICATIONS = "keras.applications"
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,8 @@ class Backbone:
     family: str
     min_size: int = 32
     head: str = "gap"  # "gap": global average pooling; "flatten_dense64": the paper's CNN
+    # KERAS_APPLICATIONS, or "package.module:function": scaled image tensor -> feature map
+    builder: str = KERAS_APPLICATIONS
 
     @property
     def param_count(self) -> int:
@@ -46,7 +58,7 @@ class Backbone:
 
     @property
     def is_keras_application(self) -> bool:
-        return self.module != "leukoml"
+        return self.builder == KERAS_APPLICATIONS
 
     @property
     def learning_rate(self) -> float:
@@ -115,10 +127,48 @@ _ENTRIES = (
     _b("MobileNetV2", 3.5, 224, "mobilenet_v2", "mobilenet_v2"),
     _b("MobileNetV3Small", 2.9, 224, "mobilenet_v3", "mobilenet_v3"),
     # Asghar et al. (2022), Section 2.3: 7.9 M parameters at 100 px with 4 classes.
-    Backbone("Asghar2022CNN", "low", 7.99, 100, "leukoml", "asghar2022", 14, "flatten_dense64"),
+    Backbone("Asghar2022CNN", "low", 7.99, 100, "leukoml", "asghar2022", 14, "flatten_dense64",
+             builder="leukoml.backbones._asghar:asghar2022_features"),
 )
 
-BACKBONES: dict[str, Backbone] = {entry.name: entry for entry in _ENTRIES}
+
+def _top_level_functions(source: str) -> set[str]:
+    tree = ast.parse(Path(source).read_text(encoding="utf-8"), filename=source)
+    return {node.name for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def check_builder(entry: Backbone) -> None:
+    """Refuse a builder that names no top-level function of a findable module. The module
+    is found and parsed, not run: loading the table must not import Keras."""
+    if entry.is_keras_application:
+        return
+    module, _, function = entry.builder.partition(":")
+    try:
+        spec = importlib.util.find_spec(module) if module and function else None
+    except (ImportError, ValueError):
+        spec = None
+    origin = spec.origin if spec is not None else None
+    if origin is None or not origin.endswith(".py") or function not in _top_level_functions(origin):
+        raise LeukomlError(
+            f"backbone {entry.name}: unknown builder {entry.builder!r}; use "
+            f"'{KERAS_APPLICATIONS}' or 'package.module:function' naming a function defined "
+            "at the top of a Python module"
+        )
+
+
+def load_table(entries: tuple[Backbone, ...]) -> dict[str, Backbone]:
+    """name -> entry in table order, every builder checked; a duplicate name is refused."""
+    table: dict[str, Backbone] = {}
+    for entry in entries:
+        if entry.name in table:
+            raise LeukomlError(f"backbone {entry.name}: listed twice in the backbone table")
+        check_builder(entry)
+        table[entry.name] = entry
+    return table
+
+
+BACKBONES: dict[str, Backbone] = load_table(_ENTRIES)
 
 
 def get_backbone(name: str) -> Backbone:
@@ -135,7 +185,7 @@ def list_backbones(tier: str | None = None) -> list[Backbone]:
     """Entries in table order (largest first), optionally of one tier."""
     if tier is not None and tier not in TIERS:
         raise LeukomlError(f"unknown tier {tier!r}; known tiers: {', '.join(TIERS)}")
-    return [b for b in _ENTRIES if tier is None or b.tier == tier]
+    return [b for b in BACKBONES.values() if tier is None or b.tier == tier]
 
 
 def check_weights(weights: str) -> str:

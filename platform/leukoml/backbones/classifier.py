@@ -12,6 +12,7 @@ the logits, which do not saturate like probabilities.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import keras
@@ -59,13 +60,15 @@ def _keras_home() -> str:
 
 
 def _build_base(entry: Backbone, inputs, scaled, weights: str) -> keras.Model:
-    """The backbone on `scaled` (the scaled `inputs`), as a model from `inputs`."""
+    """The backbone on `scaled` (the scaled `inputs`), as a model from `inputs`, built by
+    the builder its registry entry names."""
     if not entry.is_keras_application:
-        from leukoml.backbones._asghar import asghar2022_features
-
-        base = keras.Model(inputs, asghar2022_features(scaled), name="asghar2022_cnn")
         if weights == "imagenet":
-            raise LeukomlError("weights: Asghar2022CNN has no ImageNet weights; use 'none' or a path")
+            raise LeukomlError(
+                f"weights: {entry.name} has no ImageNet weights; use 'none' or a path")
+        module, _, function = entry.builder.partition(":")
+        features = getattr(importlib.import_module(module), function)
+        base = keras.Model(inputs, features(scaled), name=f"{entry.name}_base")
         if weights != "none":
             base.load_weights(weights)
         return base

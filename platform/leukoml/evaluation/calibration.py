@@ -82,10 +82,8 @@ def reliability_figure(before: np.ndarray, after: np.ndarray | None, labels: np.
                        temperature: float, bins: int = ECE_BINS,
                        title: str = "reliability on the test split"):
     """Accuracy against confidence per bin, before and after temperature scaling (or, with
-    `after` None, of the served probabilities `before` alone)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    `after` None, of the served probabilities `before` alone); the legend's ECE is over
+    the same `bins`."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5.5, 5), layout="constrained")
@@ -100,8 +98,8 @@ def reliability_figure(before: np.ndarray, after: np.ndarray | None, labels: np.
         used = [b for b in range(bins) if (which == b).any()]
         ax.plot([confidence[which == b].mean() for b in used],
                 [correct[which == b].mean() for b in used], marker="o",
-                label=f"{name}: ECE {expected_calibration_error(probabilities, labels):.3f}")
-    ax.set_xticks(edges[::3])
+                label=f"{name}: ECE {expected_calibration_error(probabilities, labels, bins):.3f}")
+    ax.set_xticks(edges[::max(1, bins // 5)])
     ax.set_xlabel("confidence (top-class probability)")
     ax.set_ylabel("accuracy")
     ax.set_title(title)

@@ -203,9 +203,6 @@ def _log_evaluation(evaluation: Evaluation, title: str) -> None:
     mlflow.log_text(evaluation.confusion.to_csv(), names.CONFUSION_CSV)
     figure = plot_confusion(evaluation.confusion, title)
     mlflow.log_figure(figure, names.CONFUSION_PNG)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
 
 
 def _log_predictions(data: PreparedData, probabilities: np.ndarray) -> None:
