@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from leukoml.data._features import MIRROR, FeatureStore, feature_row, sift_features
-from leukoml.data._siblings import candidate_pairs, find_siblings
+from leukoml.data._siblings import candidate_pairs, find_siblings, next_round
 from leukoml.data._synthetic import SYNTHETIC_CLASSES, render_cell
 
 
@@ -74,9 +74,21 @@ def test_candidate_pairs_are_unique_ordered_and_cut():
     ids = np.array([10, 20, 30])
     similarity = np.array([[0.9, 0.1], [0.9, 0.5], [0.5, -1.0]], np.float32)
     position = np.array([[1, 2], [0, 2], [1, -1]])
-    pairs, sims = candidate_pairs(ids, similarity, position)
-    assert pairs.tolist() == [[10, 20], [20, 30], [10, 30]]  # (10, 20) seen twice, kept once
-    assert sims.tolist() == pytest.approx([0.9, 0.5, 0.1])
+    pairs, sims, rank = candidate_pairs(ids, similarity, position)
+    # (10, 20) seen twice, kept once; (10, 30) under SHORTLIST_MIN; (20, 30) is 30's first
+    assert pairs.tolist() == [[10, 20], [20, 30]]
+    assert sims.tolist() == pytest.approx([0.9, 0.5]) and rank.tolist() == [0, 0]
+
+
+def test_later_rounds_try_one_pair_per_two_groups_not_yet_joined():
+    pairs = np.array([[0, 1], [0, 2], [1, 2], [2, 3], [1, 3], [3, 4]])
+    sims = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.2], np.float32)  # most alike first
+    tried = np.array([True, False, False, False, False, False])
+    group = np.array([0, 0, 1, 1, 2])  # 0-1 joined, 2-3 joined, 4 alone
+    todo = next_round(pairs, sims, tried, group)
+    # (0, 2) and (1, 2) join the same two groups: the more alike only; (2, 3) is inside a
+    # group; (1, 3) joins the same two groups as (0, 2); (3, 4) is under DEEP_MIN
+    assert todo.tolist() == [1]
 
 
 def test_siblings_are_grouped_and_distinct_fields_are_not(tmp_path):

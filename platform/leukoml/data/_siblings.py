@@ -9,16 +9,25 @@ scikit-learn, FAISS and SciPy; nothing here is a hand-written detector:
 1. features   SIFT keypoints with RootSIFT descriptors of each image in grey
               (`_features`: one pass, streamed to disk; the mirror image's
               descriptors are a permutation of the image's own).
-2. shortlist  one mirror-invariant VLAD vector per image and its nearest
-              neighbours in a FAISS HNSW graph (`_shortlist`); a neighbour is
-              a candidate only if its cosine is at least SHORTLIST_MIN (below
-              it no sibling was seen on Kaggle) and among the first TRIES.
-3. verify     in worker processes: ratio-test matches (against the plain or
+2. shortlist  one mirror-invariant VLAD vector per image and its NEIGHBOURS
+              nearest in a FAISS HNSW graph (`_shortlist`).
+3. verify     in rounds, each in worker processes. Round one: each image's
+              first TRIES neighbours with a cosine of at least SHORTLIST_MIN.
+              Later rounds go deeper in the lists, but only for pairs at least
+              DEEP_MIN alike that would join two groups not yet joined, one
+              pair per two groups: an augment-first set connects its copies
+              without verifying them all, and a set without siblings (whose
+              neighbours are less alike) pays little past round one.
+              A pair is checked by ratio-test matches (against the plain or
               the mirrored candidate, whichever matches more), a RANSAC affine
               transform with at least MIN_INLIERS inliers, and the candidate
               warped onto the image correlating (NCC) at least
               MIN_CORRELATION over at least MIN_OVERLAP of it.
 4. group      connected components of the verified pairs.
+
+SHORTLIST_MIN and DEEP_MIN are calibrated by `benchmarks/siblings.py` on
+Kaggle (the cosine of pairs of one source against pairs of two) and on fields
+without siblings (`benchmarks/siblings_scale.py`).
 
 The cost follows the images (one SIFT pass each, N log N neighbours) and the
 candidates that pass the cut, not the pairs; memory holds a vector per image.
@@ -50,10 +59,14 @@ MIN_INLIERS = 12
 MIN_CORRELATION = 0.75
 MIN_OVERLAP = 0.1  # share of the image the warped candidate must cover
 DARK = 8  # grey level under which a pixel counts as fill (rotation corners, borders)
-TRIES = 6  # candidates verified per image, nearest first
-SHORTLIST_MIN = 0.0  # cosine of the global vectors under which a pair is not verified
+NEIGHBOURS = 20  # shortlist per image
+TRIES = 6  # round one: candidates verified per image, nearest first
+SHORTLIST_MIN = 0.3  # round one: cosine under which a pair is not verified
+DEEP_MIN = 0.45  # later rounds: cosine under which a pair is not verified
+ROUNDS = 5
 PAIRS_PER_JOB = 256
 _FORMAT = 2
+_EDGE = np.ones((3, 3), np.uint8)  # pixels of the fill's edge left out of the correlation
 _OPEN: dict = {}  # a verification worker's feature store
 
 
@@ -64,7 +77,8 @@ def correlation(a: np.ndarray, b: np.ndarray, transform: np.ndarray) -> float:
     height, width = a.shape
     warped = cv2.warpAffine(b, transform, (width, height),
                             flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR, borderValue=0)
-    valid = (warped > DARK) & (a > DARK)
+    # the fill's edge, blended into the image by the thumbnail's resize, is not the field
+    valid = cv2.erode(((warped > DARK) & (a > DARK)).astype(np.uint8), _EDGE).astype(bool)
     if valid.mean() < MIN_OVERLAP:
         return 0.0
     x, y = a[valid].astype(np.float32), warped[valid].astype(np.float32)
@@ -126,19 +140,36 @@ def _verify_pairs(job: tuple) -> np.ndarray:
 
 
 def candidate_pairs(ids: np.ndarray, similarity: np.ndarray,
-                    position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (i, j) pairs of `ids`, i < j, of each image's first TRIES neighbours (positions
-    in `ids`, -1 for none) at or above SHORTLIST_MIN, with their cosine; most similar first."""
-    take = min(TRIES, position.shape[1])
-    rows = np.repeat(ids, take)
-    position, similarity = position[:, :take].reshape(-1), similarity[:, :take].reshape(-1)
-    cols, sims = np.where(position >= 0, ids[np.maximum(position, 0)], -1), similarity
+                    position: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique (i, j) pairs of `ids`, i < j, from each image's neighbours (positions in `ids`,
+    -1 for none; nearest first) at or above SHORTLIST_MIN: (pairs, cosine, rank), most
+    similar first; rank is the pair's better place in the two lists."""
+    n, k = position.shape
+    rows, rank = np.repeat(ids, k), np.tile(np.arange(k), n)
+    position, sims = position.reshape(-1), similarity.reshape(-1)
+    cols = np.where(position >= 0, ids[np.maximum(position, 0)], -1)
     keep = (cols >= 0) & (sims >= SHORTLIST_MIN)
     pairs = np.sort(np.stack([rows[keep], cols[keep]], 1), axis=1)
-    pairs, first = np.unique(pairs, axis=0, return_index=True)
-    sims = sims[keep][first]
+    sims, rank = sims[keep], rank[keep]
+    order = np.lexsort((rank, pairs[:, 1], pairs[:, 0]))  # per pair, its better rank first
+    pairs, sims, rank = pairs[order], sims[order], rank[order]
+    first = np.ones(len(pairs), bool)
+    first[1:] = (pairs[1:] != pairs[:-1]).any(axis=1)
+    pairs, sims, rank = pairs[first], sims[first], rank[first]
     order = np.argsort(-sims, kind="stable")
-    return pairs[order], sims[order]
+    return pairs[order], sims[order], rank[order]
+
+
+def next_round(pairs: np.ndarray, sims: np.ndarray, tried: np.ndarray,
+               group: np.ndarray) -> np.ndarray:
+    """Untried pairs at least DEEP_MIN alike that join two groups, the most alike pair of
+    each two groups (pairs are sorted most alike first)."""
+    todo = np.flatnonzero(~tried & (sims >= DEEP_MIN))
+    a, b = group[pairs[todo, 0]], group[pairs[todo, 1]]
+    todo, a, b = todo[a != b], a[a != b], b[a != b]
+    _, first = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1), axis=0,
+                         return_index=True)
+    return todo[np.sort(first)]
 
 
 @dataclass
@@ -197,34 +228,51 @@ def find_siblings(paths: list[str], workers: int | None = None,
             store.write(i, row)
         phases = {"features": time.perf_counter() - start}
         usable = np.flatnonzero(store.count >= MIN_INLIERS)
-        pairs, sims = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+        pairs, sims, rank = np.zeros((0, 2), np.int64), np.zeros(0, np.float32), np.zeros(0)
         if len(usable) >= 2:
             vectors = global_vectors(store, usable)
-            similarity, position = nearest(vectors[usable], TRIES)
-            pairs, sims = candidate_pairs(usable, similarity, position)
+            similarity, position = nearest(vectors[usable], NEIGHBOURS)
+            pairs, sims, rank = candidate_pairs(usable, similarity, position)
         phases["shortlist"] = time.perf_counter() - start - sum(phases.values())
+        scores = np.full((len(pairs), 2), np.nan)
+        group = np.arange(n)
+        todo = np.flatnonzero(rank < TRIES)
         sealed = store.seal()
-        jobs = [(sealed, pairs[s:s + PAIRS_PER_JOB])
-                for s in range(0, len(pairs), PAIRS_PER_JOB)]
-        scores = list(progress(parallel_map(_verify_pairs, jobs, workers, chunksize=1,
-                                            serial_below=2),
-                               len(jobs), "sibling search: verifying", unit="job"))
+        for round_ in range(1, ROUNDS + 1):
+            if not len(todo):
+                break
+            scores[todo] = _verify_all(sealed, pairs[todo], workers, round_)
+            found = _found(scores)
+            graph = coo_matrix((np.ones(found.sum()), (pairs[found, 0], pairs[found, 1])),
+                               shape=(n, n))
+            group = connected_components(graph, directed=False)[1]
+            todo = next_round(pairs, sims, ~np.isnan(scores[:, 0]), group)
         store.close()
     phases["verify"] = time.perf_counter() - start - sum(phases.values())
-    scores = np.concatenate(scores) if scores else np.zeros((0, 2))
-    found = np.array([is_sibling(int(a), b) for a, b in scores], bool)
-    edges = pairs[found]
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    group = connected_components(graph, directed=False)[1]
-    log.info("sibling search: %d images, %d candidate pairs verified, %d siblings, %.1f s "
-             "(%s)", n, len(pairs), len(edges), time.perf_counter() - start,
-             ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
-    return Siblings(group.astype(np.int64), edges[:, 0].astype(np.int64),
-                    edges[:, 1].astype(np.int64), scores[found, 0].astype(np.int64),
-                    scores[found, 1].astype(np.float32), len(pairs),
+    tried, found = ~np.isnan(scores[:, 0]), _found(scores)
+    log.info("sibling search: %d images, %d candidate pairs verified in %d round(s), %d "
+             "siblings, %.1f s (%s)", n, tried.sum(), round_ if len(pairs) else 0, found.sum(),
+             time.perf_counter() - start, ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
+    return Siblings(group.astype(np.int64), pairs[found, 0].astype(np.int64),
+                    pairs[found, 1].astype(np.int64), scores[found, 0].astype(np.int64),
+                    scores[found, 1].astype(np.float32), int(tried.sum()),
                     time.perf_counter() - start, phases={k: round(v, 2) for k, v in phases.items()},
-                    candidates={"pairs": pairs, "cosine": sims, "inliers": scores[:, 0],
-                                "correlation": scores[:, 1]})
+                    candidates={"pairs": pairs[tried], "cosine": sims[tried],
+                                "inliers": scores[tried, 0], "correlation": scores[tried, 1]})
+
+
+def _found(scores: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # untried pairs are NaN: not siblings
+        return (scores[:, 0] >= MIN_INLIERS) & (scores[:, 1] >= MIN_CORRELATION)
+
+
+def _verify_all(sealed: str, pairs: np.ndarray, workers: int | None, round_: int) -> np.ndarray:
+    """(inliers, correlation) of each pair, over the worker processes."""
+    jobs = [(sealed, pairs[s:s + PAIRS_PER_JOB]) for s in range(0, len(pairs), PAIRS_PER_JOB)]
+    done = parallel_map(_verify_pairs, jobs, workers, chunksize=1, serial_below=2)
+    return np.concatenate(list(progress(done, len(jobs),
+                                        f"sibling search: verifying (round {round_})",
+                                        unit="job")))
 
 
 def cached_siblings(root: Path, files: list[str], fingerprint: str, cache: Path) -> Siblings:
