@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["siblings", "kaggle_accuracy", "peers", "external_evaluation", "paper_claims",
+ORDER = ["siblings", "siblings_scale", "kaggle_accuracy", "peers", "external_evaluation", "paper_claims",
          "robustness", "group_split",
          "trainer_throughput", "search_efficiency", "serving"]
 _SKIP = {"machine", "load_average_1m_at_end", "predictions"}  # predictions: per image

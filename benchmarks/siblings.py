@@ -6,9 +6,10 @@ sheared copy of one of the 367 originals in `kaggle-blood-cells-originals`
 
 1. finds each image's original: FLANN votes of its SIFT descriptors (plain and
    mirrored) over all originals' descriptors, then the top candidates verified
-   with the detector's own check (RANSAC affine + correlation); "clear" when the
-   best verified original has at least twice the inliers of the best original
-   of another source;
+   with the detector's own check (RANSAC affine + correlation) at TRUTH_SIDE px,
+   twice the detector's; "clear" when the best verified original has at least
+   twice the inliers of the best original of another source (cached by the
+   listing's fingerprint: it costs more than the detector);
 2. merges originals that show the same field (the set holds a few cells
    photographed twice, shifted): the "source" of an image is that group;
 3. runs leukoml's detector (`find_siblings`, no originals) on TRAIN + TEST, as
@@ -16,6 +17,8 @@ sheared copy of one of the 367 originals in `kaggle-blood-cells-originals`
 4. scores it pairwise: precision = detected sibling pairs that share a source,
    recall = same-source pairs the detector groups, over images with a clear
    original; also against the original itself (twins counted as different);
+   and the shortlist's cosine of the candidate pairs that share a source and of
+   those that do not (what `SHORTLIST_MIN` is calibrated on);
 5. splits as leukoml does (validation carved from TRAIN, grouped by the
    detected siblings; and at random, for contrast) and counts validation
    images whose source also sits in train; likewise official TEST vs TRAIN.
@@ -28,6 +31,7 @@ Writes benchmarks/results/siblings.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import time
 from collections import Counter
@@ -35,13 +39,19 @@ from collections import Counter
 import numpy as np
 from _common import KAGGLE, machine, write_result
 
+from leukoml.data._cache import cache_root
 from leukoml.data._discover import scan_dataset
+from leukoml.data._features import image_features
 from leukoml.data._parallel import parallel_map
-from leukoml.data._siblings import find_siblings, image_features, is_sibling, verify
+from leukoml.data._siblings import find_siblings, is_sibling
+from leukoml.data._siblings import verify as _verify
 from leukoml.data._split import assign_splits
 
 ORIGINALS = KAGGLE.parent / "kaggle-blood-cells-originals" / "Original_Images"
 CANDIDATES = 4
+TRUTH_SIDE = 320  # px: the Kaggle fields' own size
+truth_features = functools.partial(image_features, side=TRUTH_SIDE)
+verify = functools.partial(_verify, ransac_pixels=4.0)  # at TRUTH_SIDE px
 
 
 def pairs_within(labels: np.ndarray) -> int:
@@ -110,6 +120,44 @@ def match_originals(images, originals, source, matcher) -> tuple[np.ndarray, np.
     return best, clear
 
 
+def ground_truth(listing, paths, original_files, matcher) -> tuple:
+    """(original, clear, source, twins, seconds) of every image; cached by the listing."""
+    path = cache_root() / "benchmark-truth" / f"{listing.fingerprint}-{TRUTH_SIDE}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            twins = [(int(i), int(j), int(k), c) for i, j, k, c in stored["twins"].tolist()]
+            return (stored["original"], stored["clear"], stored["source"], twins,
+                    float(stored["seconds"]))
+    started = time.perf_counter()
+    originals = list(parallel_map(truth_features, [str(p) for p in original_files]))
+    images = list(parallel_map(truth_features, paths, chunksize=32))
+    source, twins = original_sources(originals, matcher)
+    original, clear = match_originals(images, originals, source, matcher)
+    seconds = time.perf_counter() - started
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, original=original, clear=clear, source=source, twins=np.array(twins),
+             seconds=seconds)
+    return original, clear, source, twins, seconds
+
+
+def calibration(candidates: dict, truth: np.ndarray) -> dict:
+    """Cosine percentiles of candidate pairs with one source, and with two (known images)."""
+    a, b = candidates["pairs"].T
+    known = (truth[a] >= 0) & (truth[b] >= 0)
+    same = known & (truth[a] == truth[b])
+    cosine = candidates["cosine"]
+    verified = (candidates["inliers"] >= 12) & (candidates["correlation"] >= 0.75)
+
+    def spread(mask):
+        return ({f"p{q}": round(float(np.percentile(cosine[mask], q)), 3)
+                 for q in (0, 1, 5, 50, 95, 99, 100)} | {"pairs": int(mask.sum())}
+                if mask.any() else {"pairs": 0})
+
+    return {"same_source": spread(same), "different_sources": spread(known & ~same),
+            "same_source_verified": spread(same & verified),
+            "different_sources_verified": int((known & ~same & verified).sum())}
+
+
 def main() -> None:
     import cv2
 
@@ -129,17 +177,15 @@ def main() -> None:
     print(f"detector: {siblings.summary()} in {detector_seconds:.0f} s "
           f"({siblings.verified:,} pairs verified)")
 
-    started = time.perf_counter()
-    originals = list(parallel_map(image_features, [str(p) for p in original_files]))
-    images = list(parallel_map(image_features, paths, chunksize=32))
-    source, twins = original_sources(originals, matcher)
-    original, clear = match_originals(images, originals, source, matcher)
-    truth_seconds = time.perf_counter() - started
+    original, clear, source, twins, truth_seconds = ground_truth(
+        listing, paths, original_files, matcher)
     number = [int(re.search(r"(\d+)", p.stem).group(1)) for p in original_files]
     print(f"ground truth: {clear.sum():,} of {len(paths):,} images matched clearly to an "
           f"original ({truth_seconds:.0f} s); {len(twins)} pairs of originals show one field")
 
     known = np.flatnonzero(clear)
+    shortlist = calibration(siblings.candidates, np.where(clear, source[original], -1))
+    print(f"shortlist cosine: {shortlist}")
     by_source = pairwise(siblings.group[known], source[original[known]])
     by_original = pairwise(siblings.group[known], original[known])
     print(f"pairwise by source: precision {by_source['precision']}, recall {by_source['recall']}"
@@ -165,7 +211,8 @@ def main() -> None:
     result = {
         "machine": info,
         "data": args.data, "images": len(paths),
-        "detector": {"seconds": round(detector_seconds, 1), "pairs_verified": siblings.verified,
+        "detector": {"seconds": round(detector_seconds, 1), "phases": siblings.phases,
+                     "pairs_verified": siblings.verified, "shortlist_cosine": shortlist,
                      "groups": siblings.n_groups, "images_with_sibling": siblings.n_with_sibling,
                      "summary": siblings.summary()},
         "ground_truth": {

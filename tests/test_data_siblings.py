@@ -81,14 +81,14 @@ def test_candidate_pairs_are_unique_ordered_and_cut():
 
 
 def test_later_rounds_try_one_pair_per_two_groups_not_yet_joined():
-    pairs = np.array([[0, 1], [0, 2], [1, 2], [2, 3], [1, 3], [3, 4]])
-    sims = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.2], np.float32)  # most alike first
-    tried = np.array([True, False, False, False, False, False])
-    group = np.array([0, 0, 1, 1, 2])  # 0-1 joined, 2-3 joined, 4 alone
-    todo = next_round(pairs, sims, tried, group)
+    pairs = np.array([[0, 1], [0, 2], [1, 2], [2, 3], [1, 3], [4, 5], [3, 4]])
+    tried = np.array([True, False, False, False, False, False, False])
+    group = np.array([0, 0, 1, 1, 2, 3])  # 0-1 joined, 2-3 joined, 4 and 5 alone
+    todo = next_round(pairs, tried, group)
     # (0, 2) and (1, 2) join the same two groups: the more alike only; (2, 3) is inside a
-    # group; (1, 3) joins the same two groups as (0, 2); (3, 4) is under DEEP_MIN
-    assert todo.tolist() == [1]
+    # group; (1, 3) joins the same two groups as (0, 2); (4, 5) joins two lone images, as
+    # in a set without siblings: never past round one; (3, 4) joins a group to one
+    assert todo.tolist() == [1, 6]
 
 
 def test_siblings_are_grouped_and_distinct_fields_are_not(tmp_path):

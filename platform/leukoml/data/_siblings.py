@@ -13,11 +13,11 @@ scikit-learn, FAISS and SciPy; nothing here is a hand-written detector:
               nearest in a FAISS HNSW graph (`_shortlist`).
 3. verify     in rounds, each in worker processes. Round one: each image's
               first TRIES neighbours with a cosine of at least SHORTLIST_MIN.
-              Later rounds go deeper in the lists, but only for pairs at least
-              DEEP_MIN alike that would join two groups not yet joined, one
-              pair per two groups: an augment-first set connects its copies
-              without verifying them all, and a set without siblings (whose
-              neighbours are less alike) pays little past round one.
+              Later rounds go deeper in the lists, but only for pairs that
+              would join two groups not yet joined, one of them with siblings
+              already, one pair per two groups: an augment-first set connects
+              the fragments of a field without verifying every pair, and a
+              set without siblings pays nothing past round one.
               A pair is checked by ratio-test matches (against the plain or
               the mirrored candidate, whichever matches more), a RANSAC affine
               transform with at least MIN_INLIERS inliers, and the candidate
@@ -25,7 +25,7 @@ scikit-learn, FAISS and SciPy; nothing here is a hand-written detector:
               MIN_CORRELATION over at least MIN_OVERLAP of it.
 4. group      connected components of the verified pairs.
 
-SHORTLIST_MIN and DEEP_MIN are calibrated by `benchmarks/siblings.py` on
+SHORTLIST_MIN is calibrated by `benchmarks/siblings.py` on
 Kaggle (the cosine of pairs of one source against pairs of two) and on fields
 without siblings (`benchmarks/siblings_scale.py`).
 
@@ -59,11 +59,10 @@ MIN_INLIERS = 12
 MIN_CORRELATION = 0.75
 MIN_OVERLAP = 0.1  # share of the image the warped candidate must cover
 DARK = 8  # grey level under which a pixel counts as fill (rotation corners, borders)
-NEIGHBOURS = 20  # shortlist per image
+NEIGHBOURS = 30  # shortlist per image
 TRIES = 6  # round one: candidates verified per image, nearest first
-SHORTLIST_MIN = 0.3  # round one: cosine under which a pair is not verified
-DEEP_MIN = 0.45  # later rounds: cosine under which a pair is not verified
-ROUNDS = 5
+SHORTLIST_MIN = 0.3  # cosine under which a pair is not verified
+ROUNDS = 8
 PAIRS_PER_JOB = 256
 _FORMAT = 2
 _EDGE = np.ones((3, 3), np.uint8)  # pixels of the fill's edge left out of the correlation
@@ -160,13 +159,14 @@ def candidate_pairs(ids: np.ndarray, similarity: np.ndarray,
     return pairs[order], sims[order], rank[order]
 
 
-def next_round(pairs: np.ndarray, sims: np.ndarray, tried: np.ndarray,
-               group: np.ndarray) -> np.ndarray:
-    """Untried pairs at least DEEP_MIN alike that join two groups, the most alike pair of
-    each two groups (pairs are sorted most alike first)."""
-    todo = np.flatnonzero(~tried & (sims >= DEEP_MIN))
+def next_round(pairs: np.ndarray, tried: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Untried pairs that join two groups, one of them with two images or more: the first
+    pair of each two groups (pairs are sorted most alike first)."""
+    todo = np.flatnonzero(~tried)
     a, b = group[pairs[todo, 0]], group[pairs[todo, 1]]
-    todo, a, b = todo[a != b], a[a != b], b[a != b]
+    sizes = np.bincount(group)
+    keep = (a != b) & ((sizes[a] > 1) | (sizes[b] > 1))
+    todo, a, b = todo[keep], a[keep], b[keep]
     _, first = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1), axis=0,
                          return_index=True)
     return todo[np.sort(first)]
@@ -246,7 +246,7 @@ def find_siblings(paths: list[str], workers: int | None = None,
             graph = coo_matrix((np.ones(found.sum()), (pairs[found, 0], pairs[found, 1])),
                                shape=(n, n))
             group = connected_components(graph, directed=False)[1]
-            todo = next_round(pairs, sims, ~np.isnan(scores[:, 0]), group)
+            todo = next_round(pairs, ~np.isnan(scores[:, 0]), group)
         store.close()
     phases["verify"] = time.perf_counter() - start - sum(phases.values())
     tried, found = ~np.isnan(scores[:, 0]), _found(scores)
