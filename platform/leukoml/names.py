@@ -203,7 +203,6 @@ SURPLUS_ATTR = "leukoml_surplus"  # trial: created past the budget, never run
 PROMOTED_ATTR = "promoted_run_id"  # study: the trial run promoted last
 OBJECTIVE_ATTR = "objective_metric"  # study: the metric trials are ranked by
 ERROR_ATTR = "error"  # trial: why it failed
-STOPPED_ATTR = "stopped"  # trial: the study's deadline stopped it
 CLASS_F1_ATTR = "class_f1"  # trial: test F1 per class
 
 DEFAULT_MODEL_NAME = "wbc-classifier"
@@ -259,3 +258,10 @@ EXTERNAL_CONFUSION_PNG = "external/confusion_matrix.png"
 EXTERNAL_RELIABILITY_PNG = "external/reliability_diagram.png"
 EXTERNAL_GALLERY_PNG = "external/misclassified_gradcam.png"
 EXTERNAL_UNKNOWN_CSV = "external/unknown_classes.csv"
+
+
+# --- anytime studies (issue 26): budget, deadline, portfolio, the parent's results --------
+STOPPED_BY = "stopped_by"  # trial user attr, leaderboard column, model-version tag
+STOPPED_BY_DEADLINE = "deadline"  # its value: the study's deadline cut the trial short
+CONFIG_ATTR = "config"  # trial user attr: every searched dimension's value as trained
+NOT_STARTED_ATTR = "not_started"  # trial user attr: why it was not started (time left too short)

@@ -48,10 +48,8 @@ class Objective:
         return self._prepared[spec]
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from optuna_integration import KerasPruningCallback
-
         from leukoml.training import train_and_log
-        from leukoml.training.callbacks import Deadline
+        from leukoml.training.callbacks import Deadline, Pruning
 
         if not trial.user_attrs.get(names.TICKET_ATTR):
             # Between this worker's look at the queue and its ask, another worker
@@ -80,25 +78,27 @@ class Objective:
         run_id = run.info.run_id
         trial.set_user_attr(names.RUN_ID_ATTR, run_id)
         trial.set_user_attr(names.BACKBONE, config.backbone)
+        trial.set_user_attr(names.CONFIG_ATTR, self.space.searched(config))
         start_run_with_system_metrics(run_id=run_id, nested=True)
         status = RunStatus.FAILED
         backup = self._backup_dir(trial)
         try:
             data = self._dataset(config)
-            callbacks = [KerasPruningCallback(trial, self.space.objective_metric)]
-            if self.deadline is not None:
-                callbacks.append(Deadline(self.deadline))
+            deadline = None if self.deadline is None else Deadline(self.deadline)
+            callbacks = [Pruning(trial, self.space.objective_metric, deadline)]
+            if deadline is not None:
+                callbacks.append(deadline)
             result = train_and_log(config, data, callbacks=callbacks, backup_dir=backup)
             value = result.objective(self.space.objective_metric)
             self._record(trial, result, data.class_names)
             mlflow.log_metric("objective", value)
-            if self.deadline is not None and callbacks[-1].reached_at_epoch is not None:
-                reason = (f"stopped by the study's deadline in epoch "
-                          f"{callbacks[-1].reached_at_epoch + 1}; its best weights so far are "
-                          f"the run's model")
-                trial.set_user_attr(names.STOPPED_ATTR, reason)
-                mlflow.set_tag(names.TAG_STOPPED, reason)
-                raise optuna.TrialPruned(reason)
+            if deadline is not None and deadline.reached_at_epoch is not None:
+                # Its best weights so far are a model like any other: the trial competes
+                # (COMPLETE, so Optuna's best trial and the sampler see it), marked.
+                trial.set_user_attr(names.STOPPED_BY, names.STOPPED_BY_DEADLINE)
+                mlflow.set_tag(names.TAG_STOPPED, (
+                    f"stopped by the study's deadline in epoch {deadline.reached_at_epoch + 1}; "
+                    f"its best weights so far are the run's model"))
             mlflow.set_tag(names.TAG_OPTUNA_STATE, "COMPLETE")
             status = RunStatus.FINISHED
             return value
@@ -136,7 +136,8 @@ class Objective:
     def _record(trial: optuna.Trial, result, class_names: list[str]) -> None:
         """What the leaderboard needs, kept in the study so `-e report` needs only storage."""
         for key in names.TRIAL_RECORD:
-            trial.set_user_attr(key, float(result.metrics[key]))
+            value = result.metrics[key]
+            trial.set_user_attr(key, int(value) if key == names.EPOCHS_RUN else float(value))
         trial.set_user_attr(names.PARAM_COUNT, int(result.model.count_params()))
         trial.set_user_attr(names.CLASS_F1_ATTR, {
             c: result.metrics[names.test_per_class("f1", c)] for c in class_names

@@ -101,7 +101,7 @@ def _open_study(space: SearchSpace, study_name: str, storage, run_id: str) -> tu
 def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One console line per finished trial."""
     backbone = trial.user_attrs.get(names.BACKBONE, "?")
-    lr = trial.params.get(names.LEARNING_RATE)
+    lr = trial.user_attrs.get(names.CONFIG_ATTR, trial.params).get(names.LEARNING_RATE)
     parts = [f"trial {trial.number} {trial.state.name:<8} {backbone}"]
     if lr is not None:
         parts.append(f"lr={lr:.2e}")
@@ -109,6 +109,8 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         parts.append(f"{study.user_attrs.get(names.OBJECTIVE_ATTR, 'objective')}={trial.value:.4f}")
     if names.TEST_MACRO_F1 in trial.user_attrs:
         parts.append(f"test_macro_f1={trial.user_attrs[names.TEST_MACRO_F1]:.4f}")
+    if trial.user_attrs.get(names.STOPPED_BY) == names.STOPPED_BY_DEADLINE:
+        parts.append("stopped by the study's deadline: its best epoch so far is kept")
     if names.ERROR_ATTR in trial.user_attrs and trial.state.name == "FAIL":
         parts.append(f"error: {trial.user_attrs[names.ERROR_ATTR][:120]}")
     if trial.user_attrs.get(names.SURPLUS_ATTR):

@@ -128,6 +128,14 @@ class SearchSpace:
         )
 
 
+    def searched(self, config: TrainConfig) -> dict:
+        """The value `config` took in every dimension of this space, fixed ones included,
+        the learning rate resolved (a trial's params hold only what it sampled)."""
+        return {names.IMAGE_SIZE: config.image_size,
+                names.LEARNING_RATE: config.peak_learning_rate(),
+                **{key: getattr(config, key) for key in self.dimensions}}
+
+
 def _tiers(value, problems: _Problems) -> dict[str, tuple[str, ...]]:
     if not isinstance(value, dict) or not value:
         problems.fail("tiers", "expected a mapping of tier -> 'all' or a list of backbones")

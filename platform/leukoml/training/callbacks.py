@@ -1,4 +1,5 @@
-"""Keras callbacks of a training run: per-epoch MLflow logging, a deadline, resumable backup."""
+"""Keras callbacks of a training run: per-epoch MLflow logging, a deadline, pruning that
+spares the epoch a deadline cut short, resumable backup."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import keras
 import mlflow
+from optuna_integration import KerasPruningCallback
 
 from leukoml import names
 
@@ -60,6 +62,19 @@ class Deadline(keras.callbacks.Callback):
         if time.monotonic() >= self.at and self.reached_at_epoch is None:
             self.reached_at_epoch = self._epoch
             self.model.stop_training = True
+
+
+class Pruning(KerasPruningCallback):
+    """Optuna's Keras pruning callback, except that an epoch the `deadline` cut short is not
+    judged: its partial score would prune a trial whose model is otherwise kept."""
+
+    def __init__(self, trial, monitor: str, deadline: Deadline | None = None):
+        super().__init__(trial, monitor)
+        self.deadline = deadline
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.deadline is None or self.deadline.reached_at_epoch is None:
+            super().on_epoch_end(epoch, logs)
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
