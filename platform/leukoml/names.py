@@ -265,3 +265,5 @@ STOPPED_BY = "stopped_by"  # trial user attr, leaderboard column, model-version 
 STOPPED_BY_DEADLINE = "deadline"  # its value: the study's deadline cut the trial short
 CONFIG_ATTR = "config"  # trial user attr: every searched dimension's value as trained
 NOT_STARTED_ATTR = "not_started"  # trial user attr: why it was not started (time left too short)
+PLANNED_EPOCHS = "planned_epochs"  # metric per epoch: the epochs a trial fits into its time
+EPOCH_SECONDS_ATTR = "epoch_seconds"  # trial user attr: its pace, to size later trials

@@ -6,6 +6,7 @@ import gc
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import mlflow
@@ -22,6 +23,10 @@ from leukoml.tracking import start_run_with_system_metrics
 
 class SurplusTrial(Exception):
     """A trial Optuna created because another worker popped the last queued one."""
+
+
+class NotStarted(Exception):
+    """A trial left unstarted: the time left cannot hold its minimum epochs."""
 
 
 class Objective:
@@ -49,7 +54,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         from leukoml.training import train_and_log
-        from leukoml.training.callbacks import Deadline, Pruning
+        from leukoml.training.callbacks import Deadline, EpochBudget, Pruning
 
         if not trial.user_attrs.get(names.TICKET_ATTR):
             # Between this worker's look at the queue and its ask, another worker
@@ -61,6 +66,7 @@ class Objective:
             trial.study.stop()
             raise SurplusTrial(message)
         config = self.space.sample(trial, self.data)
+        self._check_time_left(trial, config)
         client = MlflowClient()
         run = client.create_run(
             self.experiment_id,
@@ -80,14 +86,15 @@ class Objective:
         trial.set_user_attr(names.BACKBONE, config.backbone)
         trial.set_user_attr(names.CONFIG_ATTR, self.space.searched(config))
         start_run_with_system_metrics(run_id=run_id, nested=True)
-        status = RunStatus.FAILED
+        status, budget = RunStatus.FAILED, None
         backup = self._backup_dir(trial)
         try:
             data = self._dataset(config)
             deadline = None if self.deadline is None else Deadline(self.deadline)
             callbacks = [Pruning(trial, self.space.objective_metric, deadline)]
             if deadline is not None:
-                callbacks.append(deadline)
+                budget = EpochBudget(self.deadline, config.max_epochs, self.space.min_epochs)
+                callbacks += [budget, deadline]
             result = train_and_log(config, data, callbacks=callbacks, backup_dir=backup)
             value = result.objective(self.space.objective_metric)
             self._record(trial, result, data.class_names)
@@ -115,12 +122,39 @@ class Objective:
             trial.set_user_attr(names.ERROR_ATTR, message[:1000])
             raise
         finally:
+            if budget is not None and budget.pace is not None:
+                trial.set_user_attr(names.EPOCH_SECONDS_ATTR, budget.pace)
             if _failed_elsewhere(trial):  # this worker outlived its grace period
                 mlflow.set_tag(names.TAG_FAILURE, "no heartbeat for the grace period; retried")
                 status = RunStatus.KILLED
             mlflow.end_run(RunStatus.to_string(status))
             shutil.rmtree(backup, ignore_errors=True)  # kept only if this process is killed
             gc.collect()
+
+    def _check_time_left(self, trial: optuna.Trial, config: TrainConfig) -> None:
+        """Leave a trial unstarted (and the study stopped) when an earlier trial of the same
+        backbone and input size shows its `min_epochs`, and the evaluation after them, no
+        longer fit before the deadline. Without such a trial it starts: `EpochBudget`
+        sizes it, and the deadline stops it as a last resort."""
+        if self.deadline is None:
+            return
+        paces = [t.user_attrs[names.EPOCH_SECONDS_ATTR]
+                 for t in trial.study.get_trials(deepcopy=False)
+                 if names.EPOCH_SECONDS_ATTR in t.user_attrs
+                 and t.user_attrs.get(names.BACKBONE) == config.backbone
+                 and t.user_attrs.get(names.CONFIG_ATTR, {}).get(names.IMAGE_SIZE)
+                 == config.image_size]
+        left = self.deadline - time.monotonic()
+        if not paces or (self.space.min_epochs + 1) * min(paces) <= left:
+            return
+        message = (f"not started: {config.backbone} at {config.image_size} px needs "
+                   f"~{(self.space.min_epochs + 1) * min(paces):.0f} s for its "
+                   f"{self.space.min_epochs} minimum epochs and their evaluation, "
+                   f"{max(left, 0):.0f} s of the study's budget are left")
+        trial.set_user_attr(names.BACKBONE, config.backbone)
+        trial.set_user_attr(names.NOT_STARTED_ATTR, message)
+        trial.study.stop()
+        raise NotStarted(message)
 
     def _backup_dir(self, trial: optuna.Trial) -> Path:
         """Where Keras backs the trial up each epoch: a retry of a trial whose worker was

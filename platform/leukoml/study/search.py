@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from leukoml import names
 from leukoml.errors import LeukomlError
 from leukoml.locks import mask_url
-from leukoml.study.objective import Objective, worker_name
+from leukoml.study.objective import NotStarted, Objective, SurplusTrial, worker_name
 from leukoml.study.queue import StudyBudget, budget_used, fill_queue, trials_in
 from leukoml.study.space import SearchSpace
 from leukoml.study.storage import DEFAULT_STORAGE, open_storage, storage_lock
@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 _PARENT_WAIT_SECONDS = 120
+
+
+def _ran(record: logging.LogRecord) -> bool:
+    """Optuna logs a trial's exception with its traceback; a trial that never ran (surplus,
+    or not started for lack of time) has its one line from `_summary_line` instead."""
+    return not (record.exc_info and isinstance(record.exc_info[1], (SurplusTrial, NotStarted)))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_ran)
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -115,6 +124,8 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         parts.append(f"error: {trial.user_attrs[names.ERROR_ATTR][:120]}")
     if trial.user_attrs.get(names.SURPLUS_ATTR):
         parts = [f"trial {trial.number} {trial.user_attrs[names.ERROR_ATTR]}"]
+    if names.NOT_STARTED_ATTR in trial.user_attrs:
+        parts = [f"trial {trial.number} {trial.user_attrs[names.NOT_STARTED_ATTR]}"]
     print("  ".join(parts), flush=True)
 
 

@@ -32,6 +32,7 @@ _STRUCTURAL = {
     "max_image_size": "an int (caps backbone_default)",
     "learning_rate": "a number, {low, high, log}, or backbone_default (each family's range)",
     "max_epochs": "an int",
+    "min_epochs": "an int: a trial that has not the time for this many epochs is not started",
     "sampler": "{name: tpe|random|grid, seed: 42, n_startup_trials: 10}",
     "pruner": "{name: median|hyperband|none, ...}",
     "seed": "an int: split and initialisation seed shared by all trials",
@@ -83,6 +84,7 @@ class SearchSpace:
     max_image_size: int
     learning_rate: object  # Fixed / FloatRange / Choice, or BACKBONE_DEFAULT
     max_epochs: int
+    min_epochs: int
     dimensions: dict[str, object]  # TrainConfig field -> Fixed / Choice / range
     sampler: dict
     pruner: dict
@@ -272,8 +274,8 @@ def parse_search_space(raw: dict, source: str = "") -> SearchSpace:
     scalars = {key: problems.check(key, lambda: dimension(
         key, raw.get(key, default), "int", lambda v: _at_least(key, v, low),
         searchable=False).value)
-        for key, default, low in (("max_epochs", 30, 1), ("seed", 0, 0), ("n_trials", 10, 1),
-                                  ("ensemble", 3, 0))}
+        for key, default, low in (("max_epochs", 30, 1), ("min_epochs", 2, 1), ("seed", 0, 0),
+                                  ("n_trials", 10, 1), ("ensemble", 3, 0))}
     timeout = raw.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or timeout <= 0):
@@ -283,7 +285,9 @@ def parse_search_space(raw: dict, source: str = "") -> SearchSpace:
     return SearchSpace(
         objective_metric=objective[0], direction=objective[1], tiers=tiers,
         image_size=image_size, max_image_size=max_size, learning_rate=learning_rate,
-        max_epochs=scalars["max_epochs"], dimensions=dimensions, sampler=sampler,
+        max_epochs=scalars["max_epochs"],
+        min_epochs=min(scalars["min_epochs"], scalars["max_epochs"]),  # never above max_epochs
+        dimensions=dimensions, sampler=sampler,
         pruner=pruner, seed=scalars["seed"], n_trials=scalars["n_trials"],
         timeout=None if timeout is None else float(timeout), split=split,
         ensemble=scalars["ensemble"], source=source,

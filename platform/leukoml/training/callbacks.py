@@ -45,6 +45,46 @@ class EpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics(metrics, step=epoch)
 
 
+class EpochBudget(keras.callbacks.Callback):
+    """Sizes a fit to the time it has: after each epoch, the epochs that still fit before
+    `at` (`time.monotonic()` seconds) at the pace of the epochs so far, one epoch's time
+    kept for the evaluation after the fit, become the plan (at most `max_epochs`, at
+    least `min_epochs`); the cosine schedule is fitted to end with it and the fit stops
+    there. The `Deadline` is then a last resort."""
+
+    def __init__(self, at: float, max_epochs: int, min_epochs: int = 1, clock=time.monotonic):
+        super().__init__()
+        self.at, self.max_epochs, self.min_epochs = at, max_epochs, min(min_epochs, max_epochs)
+        self.clock = clock
+        self.planned = max_epochs
+        self.times: list[float] = []  # seconds per epoch, validation included
+
+    @property
+    def pace(self) -> float | None:
+        """Seconds an epoch takes: the median after the first (which traces the graph)."""
+        steady = self.times[1:] or self.times
+        return float(sorted(steady)[len(steady) // 2]) if steady else None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = self.clock()
+        self._steps_before = int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        from leukoml.training.recipe import fit_schedule
+
+        now = self.clock()
+        self.times.append(now - self._start)
+        steps = int(self.model.optimizer.iterations.numpy()) - self._steps_before
+        fit = epoch + 1 + int((self.at - now - self.pace) // self.pace)
+        planned = max(self.min_epochs, min(self.max_epochs, fit))
+        if planned != self.planned:
+            self.planned = planned
+            fit_schedule(self.model, planned * steps)
+        mlflow.log_metric(names.PLANNED_EPOCHS, planned, step=epoch)
+        if epoch + 1 >= planned:
+            self.model.stop_training = True
+
+
 class Deadline(keras.callbacks.Callback):
     """Stops training at a wall-clock deadline (`time.monotonic()` seconds), mid-epoch if need
     be; early stopping then restores the best weights, so the model so far is kept."""
