@@ -267,3 +267,25 @@ CONFIG_ATTR = "config"  # trial user attr: every searched dimension's value as t
 NOT_STARTED_ATTR = "not_started"  # trial user attr: why it was not started (time left too short)
 PLANNED_EPOCHS = "planned_epochs"  # metric per epoch: the epochs a trial fits into its time
 EPOCH_SECONDS_ATTR = "epoch_seconds"  # trial user attr: its pace, to size later trials
+# the study's parent run: resolved params (`mlflow run` already logged its -P values, '' and
+# 0 for defaults, and params cannot change) and results as metrics
+PARAM_STUDY_NAME = "study.name"
+PARAM_STUDY_STORAGE = "study.storage"  # password masked
+PARAM_STUDY_N_TRIALS = "study.n_trials"
+PARAM_STUDY_TIMEOUT = "study.timeout_seconds"
+PARAM_STUDY_SEARCH_SPACE = "study.search_space"
+STUDY_STARTED_ATTR = "started_at"  # study user attr: Unix time its first run started it
+BEST_SO_FAR = "best_val_so_far"  # parent metric, step = seconds since the study started
+STUDY_BEST_VALUE = "study_best_value"  # the best trial's objective (validation)
+STUDY_BEST_TRIAL = "study_best_trial"  # its number
+STUDY_BEST_TEST_ACCURACY = "study_best_test_accuracy"
+STUDY_BEST_TEST_MACRO_F1 = "study_best_test_macro_f1"
+CHAMPION_TEST_MACRO_F1 = "champion_test_macro_f1"  # when the study's best became champion
+STUDY_SECONDS = "study_seconds"  # wall clock of this run of the study
+TRIAL_SECONDS = "trial_seconds"  # the trials' own wall clock, summed
+
+
+def trials_counted(kind: str) -> str:
+    """Parent metric: trials by outcome (complete, pruned, failed, stopped_by_deadline,
+    not_started)."""
+    return f"trials_{kind}"

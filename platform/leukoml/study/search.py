@@ -22,6 +22,7 @@ from leukoml.errors import LeukomlError
 from leukoml.locks import mask_url
 from leukoml.study.objective import NotStarted, Objective, SurplusTrial, worker_name
 from leukoml.study.queue import StudyBudget, budget_used, fill_queue, trials_in
+from leukoml.study.results import AnytimeCurve, log_figures, log_settings, started_at
 from leukoml.study.space import SearchSpace
 from leukoml.study.storage import DEFAULT_STORAGE, open_storage, storage_lock
 
@@ -103,6 +104,7 @@ def _open_study(space: SearchSpace, study_name: str, storage, run_id: str) -> tu
                                     user_attrs={names.TICKET_ATTR: True})
     study.set_user_attr(names.OBJECTIVE_ATTR, space.objective_metric)
     study.set_metric_names([space.objective_metric])  # dashboards and plots name the value
+    started_at(study)
     study.set_user_attr(names.PARENT_RUN_ATTR, run_id)  # last: joining workers wait for it
     return study, run_id
 
@@ -164,13 +166,17 @@ def run_search(
 
     added = fill_queue(study, n_trials, storage)
     queued = len(trials_in(study, optuna.trial.TrialState.WAITING))
+    budget = max(n_trials, budget_used(study))
     print(f"study {study_name!r} in {mask_url(storage or DEFAULT_STORAGE)}: budget "
-          f"{max(n_trials, budget_used(study))}, {queued} trial(s) queued ({added} new)",
-          flush=True)
+          f"{budget}, {queued} trial(s) queued ({added} new)", flush=True)
+    if parent_run_id == active.info.run_id:
+        log_settings(parent_run_id, study_name, storage or DEFAULT_STORAGE, budget, timeout)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = None if timeout is None else started + timeout
     objective = Objective(space, data, study_name, parent_run_id, active.info.run_id, deadline)
-    _work(study, objective, storage_obj, deadline)
+    _work(study, objective, storage_obj, deadline,
+          AnytimeCurve(parent_run_id, started_at(study)))
+    log_figures(parent_run_id, study, time.monotonic() - started)
     _finish_parent(study, parent_run_id, active.info.run_id)
     best_run_id = _best_run_id(study)
     if best_run_id:
@@ -194,7 +200,8 @@ def _finish_parent(study: optuna.Study, parent_run_id: str, run_id: str) -> None
               f"the study was finished by run {run_id})", flush=True)
 
 
-def _work(study: optuna.Study, objective: Objective, storage, deadline: float | None) -> None:
+def _work(study: optuna.Study, objective: Objective, storage, deadline: float | None,
+          curve: AnytimeCurve) -> None:
     """Run queued trials until none is left; then, while other workers run
     trials, fail the stale ones (their worker died) and run their retries.
 
@@ -215,7 +222,7 @@ def _work(study: optuna.Study, objective: Objective, storage, deadline: float | 
         queued = trials_in(study, waiting)
         if queued:
             study.optimize(objective, n_trials=len(queued), timeout=left, catch=(Exception,),
-                           callbacks=[StudyBudget(), _summary_line], gc_after_trial=True,
+                           callbacks=[StudyBudget(), _summary_line, curve], gc_after_trial=True,
                            show_progress_bar=True)
             continue
         numbers = [t.number for t in trials_in(study, running)]
@@ -273,6 +280,9 @@ def promote_best(outcome: SearchOutcome, model_name: str, storage: str | None,
             print(f"best trial run {best_run_id} already promoted", flush=True)
             return []
         results = [promote(best_run_id, model_name, lock_url=lock_url)]
+        if results[0].promoted:
+            MlflowClient().log_metric(outcome.parent_run_id, names.CHAMPION_TEST_MACRO_F1,
+                                      results[0].candidate_f1)
         study.set_user_attr(names.PROMOTED_ATTR, best_run_id)
         built = build_ensemble(study, ensemble, outcome.parent_run_id) if ensemble >= 2 else None
         if built is not None:
