@@ -73,7 +73,8 @@ class SearchOutcome:
     best_run_id: str | None
 
 
-def _open_study(space: SearchSpace, study_name: str, storage, run_id: str) -> tuple[optuna.Study, str]:
+def _open_study(space: SearchSpace, study_name: str, storage, run_id: str,
+                n_trials: int) -> tuple[optuna.Study, str]:
     """Create the study (we lead: our run is the parent) or join it (nest under its parent)."""
     direction = space.direction
     kwargs = dict(study_name=study_name, storage=storage, sampler=make_sampler(space),
@@ -102,11 +103,23 @@ def _open_study(space: SearchSpace, study_name: str, storage, run_id: str) -> tu
             for backbone in backbones:
                 study.enqueue_trial({names.TIER: tier, f"{names.BACKBONE}_{tier}": backbone},
                                     user_attrs={names.TICKET_ATTR: True})
+    portfolio = space.portfolio[:n_trials]  # trials of the budget, run before the sampler's
+    for params in portfolio:
+        study.enqueue_trial(params, user_attrs={names.TICKET_ATTR: True}, skip_if_exists=True)
+    if portfolio:
+        print(f"portfolio: {len(portfolio)} configuration(s) first ("
+              f"{', '.join(_portfolio_backbone(p) for p in portfolio)}), then the sampler",
+              flush=True)
     study.set_user_attr(names.OBJECTIVE_ATTR, space.objective_metric)
     study.set_metric_names([space.objective_metric])  # dashboards and plots name the value
     started_at(study)
     study.set_user_attr(names.PARENT_RUN_ATTR, run_id)  # last: joining workers wait for it
     return study, run_id
+
+
+def _portfolio_backbone(params: dict) -> str:
+    tier = params.get(names.TIER)
+    return params.get(f"{names.BACKBONE}_{tier}", "any backbone")
 
 
 def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -153,7 +166,8 @@ def run_search(
     active = mlflow.active_run()
     if active is None:
         raise RuntimeError("run_search needs an active MLflow run")
-    study, parent_run_id = _open_study(space, study_name, storage_obj, active.info.run_id)
+    study, parent_run_id = _open_study(space, study_name, storage_obj, active.info.run_id,
+                                       n_trials)
     if parent_run_id == active.info.run_id:
         mlflow.set_tags({names.TAG_STUDY_NAME: study_name, names.TAG_ROLE: names.Role.STUDY,
                          names.TAG_RUN_NAME: f"study-{study_name}"})

@@ -11,7 +11,7 @@ here too. Every problem is reported at once, each naming its key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from leukoml import names
@@ -40,6 +40,8 @@ _STRUCTURAL = {
     "timeout": "seconds of wall clock for the study, or null",
     "split": "{group_by: siblings|none|<regex>|<CSV>, drop_cross_split_duplicates: false}",
     "ensemble": "an int: the best trials averaged into a candidate after the study (0: none)",
+    "portfolio": "a list of configurations run first ({backbone: ..., image_size: ...}), or "
+                 "false; default: the -e train defaults and two others (study/portfolio.py)",
 }
 # TrainConfig fields a search space sets through a structural key, or never
 _NOT_KEYS = {"data", "backbone", "seed", "image_size", "learning_rate", "max_epochs",
@@ -93,6 +95,7 @@ class SearchSpace:
     timeout: float | None
     split: dict
     ensemble: int = 3  # the best trials averaged into a candidate model (0 or 1: none)
+    portfolio: tuple = ()  # Optuna params of the trials run first (study/portfolio.py)
     source: str = ""  # the YAML text, logged with the study
 
     @property
@@ -282,7 +285,7 @@ def parse_search_space(raw: dict, source: str = "") -> SearchSpace:
         problems.append(f"'timeout': expected seconds > 0 or null, got {timeout!r}")
     if problems:
         raise LeukomlError("search space: " + "; ".join(problems))
-    return SearchSpace(
+    space = SearchSpace(
         objective_metric=objective[0], direction=objective[1], tiers=tiers,
         image_size=image_size, max_image_size=max_size, learning_rate=learning_rate,
         max_epochs=scalars["max_epochs"],
@@ -292,6 +295,12 @@ def parse_search_space(raw: dict, source: str = "") -> SearchSpace:
         timeout=None if timeout is None else float(timeout), split=split,
         ensemble=scalars["ensemble"], source=source,
     )
+    from leukoml.study.portfolio import portfolio_params
+
+    try:
+        return replace(space, portfolio=portfolio_params(raw.get("portfolio"), space))
+    except LeukomlError as exc:
+        raise LeukomlError(f"search space: {exc}") from None
 
 
 def load_search_space(path: str | Path) -> SearchSpace:
