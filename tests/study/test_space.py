@@ -196,3 +196,22 @@ def test_a_portfolio_entry_outside_the_space_is_refused_naming_it(entry, key, me
 def test_a_portfolio_must_be_a_list_or_false():
     with pytest.raises(LeukomlError, match="'portfolio': expected a list"):
         parse_search_space({"portfolio": {"backbone": "MobileNetV2"}})
+
+
+def test_without_a_search_space_the_data_and_the_machine_pick_one(tmp_path, monkeypatch):
+    """Before: real data ran smoke.yaml, the synthetic quick start's space."""
+    from leukoml.study import inputs
+
+    folder = REPO / "search_spaces"
+    gpus = tmp_path / "gpus"
+    monkeypatch.setattr(inputs, "_NVIDIA_GPUS", gpus)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert inputs.pick_search_space("synthetic", folder)[0] == folder / "smoke.yaml"
+    path, why = inputs.pick_search_space(str(tmp_path), folder)
+    assert path == folder / "cpu.yaml" and "no GPU" in why
+    (gpus / "0000:01:00.0").mkdir(parents=True)  # the driver lists a card
+    assert inputs.pick_search_space(str(tmp_path), folder)[0] == folder / "default.yaml"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # hidden from CUDA
+    assert inputs.pick_search_space(str(tmp_path), folder)[0] == folder / "cpu.yaml"
+    for path in (folder / "smoke.yaml", folder / "cpu.yaml", folder / "default.yaml"):
+        load_search_space(path)

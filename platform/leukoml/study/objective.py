@@ -53,8 +53,9 @@ class Objective:
         return self._prepared[spec]
 
     def __call__(self, trial: optuna.Trial) -> float:
+        from leukoml.study.pruning import Pruning
         from leukoml.training import train_and_log
-        from leukoml.training.callbacks import Deadline, EpochBudget, Pruning
+        from leukoml.training.callbacks import Deadline, EpochBudget
 
         if not trial.user_attrs.get(names.TICKET_ATTR):
             # Between this worker's look at the queue and its ask, another worker
@@ -151,7 +152,6 @@ class Objective:
                    f"~{(self.space.min_epochs + 1) * min(paces):.0f} s for its "
                    f"{self.space.min_epochs} minimum epochs and their evaluation, "
                    f"{max(left, 0):.0f} s of the study's budget are left")
-        trial.set_user_attr(names.BACKBONE, config.backbone)
         trial.set_user_attr(names.NOT_STARTED_ATTR, message)
         trial.study.stop()
         raise NotStarted(message)

@@ -215,7 +215,7 @@ def _finish_parent(study: optuna.Study, parent_run_id: str, run_id: str) -> None
 
 
 def _work(study: optuna.Study, objective: Objective, storage, deadline: float | None,
-          curve: AnytimeCurve) -> None:
+          curve: AnytimeCurve | None = None) -> None:
     """Run queued trials until none is left; then, while other workers run
     trials, fail the stale ones (their worker died) and run their retries.
 
@@ -226,6 +226,7 @@ def _work(study: optuna.Study, objective: Objective, storage, deadline: float | 
     worker from a slow one, so there the worker leaves at once.
     """
     waiting, running = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
+    callbacks = [StudyBudget(), _summary_line, *([curve] if curve else [])]
     interval = storage.get_heartbeat_interval() if isinstance(
         storage, optuna.storages.RDBStorage) else None
     watched = None
@@ -236,7 +237,7 @@ def _work(study: optuna.Study, objective: Objective, storage, deadline: float | 
         queued = trials_in(study, waiting)
         if queued:
             study.optimize(objective, n_trials=len(queued), timeout=left, catch=(Exception,),
-                           callbacks=[StudyBudget(), _summary_line, curve], gc_after_trial=True,
+                           callbacks=callbacks, gc_after_trial=True,
                            show_progress_bar=True)
             continue
         numbers = [t.number for t in trials_in(study, running)]

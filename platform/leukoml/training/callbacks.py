@@ -1,5 +1,5 @@
-"""Keras callbacks of a training run: per-epoch MLflow logging, a deadline, pruning that
-spares the epoch a deadline cut short, resumable backup."""
+"""Keras callbacks of a training run: per-epoch MLflow logging, epochs sized to a
+deadline, the deadline itself, resumable backup."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 
 import keras
 import mlflow
-from optuna_integration import KerasPruningCallback
 
 from leukoml import names
+from leukoml.training.recipe import fit_schedule
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ class EpochBudget(keras.callbacks.Callback):
         self._steps_before = int(self.model.optimizer.iterations.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
-        from leukoml.training.recipe import fit_schedule
-
         now = self.clock()
         self.times.append(now - self._start)
         steps = int(self.model.optimizer.iterations.numpy()) - self._steps_before
@@ -102,19 +100,6 @@ class Deadline(keras.callbacks.Callback):
         if time.monotonic() >= self.at and self.reached_at_epoch is None:
             self.reached_at_epoch = self._epoch
             self.model.stop_training = True
-
-
-class Pruning(KerasPruningCallback):
-    """Optuna's Keras pruning callback, except that an epoch the `deadline` cut short is not
-    judged: its partial score would prune a trial whose model is otherwise kept."""
-
-    def __init__(self, trial, monitor: str, deadline: Deadline | None = None):
-        super().__init__(trial, monitor)
-        self.deadline = deadline
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.deadline is None or self.deadline.reached_at_epoch is None:
-            super().on_epoch_end(epoch, logs)
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
