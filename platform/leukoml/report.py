@@ -120,8 +120,9 @@ def format_top(board: pd.DataFrame, n: int = 10) -> str:
     """The head of the leaderboard for the console."""
     columns = ["number", "state", names.BACKBONE, names.TIER, "objective", names.TEST_MACRO_F1,
                names.TEST_ACCURACY, names.EPOCHS_RUN, names.STOPPED_BY]
-    return board[columns].head(n).to_string(index=False, float_format=lambda v: f"{v:.4f}",
-                                            na_rep="")
+    top = board[columns].head(n).copy()
+    top[names.STOPPED_BY] = top[names.STOPPED_BY].fillna("")
+    return top.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="")
 
 
 # --- figures ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from leukoml.config import TrainConfig
 from leukoml.data import prepare_dataset
 from leukoml.names import TICKET_ATTR
 from leukoml.study import Objective, parse_search_space
+from leukoml.study.search import _work
 
 DATA = "synthetic:per_class=20,size=32"
 SPACE = {"tiers": {"low": ["Asghar2022CNN"]}, "image_size": 32, "max_image_size": 32,
@@ -113,10 +114,15 @@ def test_a_trial_without_the_time_for_its_minimum_epochs_is_not_started(tracking
         names.BACKBONE: "Asghar2022CNN", names.CONFIG_ATTR: {names.IMAGE_SIZE: 32},
         names.EPOCH_SECONDS_ATTR: 100.0})
     study.add_trial(earlier)
+    for _ in range(3):
+        study.enqueue_trial({}, user_attrs={TICKET_ATTR: True})
     with mlflow.start_run() as parent:
+        deadline = time.monotonic() + 300.0  # 3 epochs and the evaluation need 400 s
         objective = Objective(space, DATA, "n", parent.info.run_id, parent.info.run_id,
-                              deadline=time.monotonic() + 300.0)  # 3 epochs + evaluation: 400
-        trial = run_one(study, objective)
+                              deadline=deadline)
+        _work(study, objective, None, deadline)
+    trial = study.trials[1]
+    assert [t.state.name for t in study.trials[2:]] == ["WAITING", "WAITING"]  # one line only
     assert trial.state == optuna.trial.TrialState.FAIL
     assert "not started" in trial.user_attrs[names.NOT_STARTED_ATTR]
     assert "3 minimum epochs" in trial.user_attrs[names.NOT_STARTED_ATTR]

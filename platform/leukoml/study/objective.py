@@ -43,6 +43,7 @@ class Objective:
         self.deadline = deadline  # time.monotonic() at which the study's budget ends
         self.experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         self._prepared = {}  # DataSpec -> PreparedData, decoded once per worker
+        self.out_of_time = False  # a trial was left unstarted: this worker starts no more
 
     def _dataset(self, config: TrainConfig):
         from leukoml.data import prepare_dataset
@@ -153,6 +154,7 @@ class Objective:
                    f"{self.space.min_epochs} minimum epochs and their evaluation, "
                    f"{max(left, 0):.0f} s of the study's budget are left")
         trial.set_user_attr(names.NOT_STARTED_ATTR, message)
+        self.out_of_time = True
         trial.study.stop()
         raise NotStarted(message)
 

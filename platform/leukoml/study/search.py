@@ -232,7 +232,7 @@ def _work(study: optuna.Study, objective: Objective, storage, deadline: float | 
     watched = None
     while True:
         left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
+        if (left is not None and left <= 0) or getattr(objective, "out_of_time", False):
             return
         queued = trials_in(study, waiting)
         if queued:
