@@ -267,6 +267,8 @@ CONFIG_ATTR = "config"  # trial user attr: every searched dimension's value as t
 NOT_STARTED_ATTR = "not_started"  # trial user attr: why it was not started (time left too short)
 PLANNED_EPOCHS = "planned_epochs"  # metric per epoch: the epochs a trial fits into its time
 EPOCH_SECONDS_ATTR = "epoch_seconds"  # trial user attr: its pace, to size later trials
+FIRST_EPOCH_SECONDS_ATTR = "first_epoch_seconds"  # trial user attr: with graph tracing
+AFTER_FIT_SECONDS_ATTR = "after_fit_seconds"  # trial user attr: evaluation and logging time
 # the study's parent run: resolved params (`mlflow run` already logged its -P values, '' and
 # 0 for defaults, and params cannot change) and results as metrics
 PARAM_STUDY_NAME = "study.name"

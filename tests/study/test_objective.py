@@ -112,12 +112,12 @@ def test_a_trial_without_the_time_for_its_minimum_epochs_is_not_started(tracking
     study = optuna.create_study(direction="maximize")
     earlier = optuna.trial.create_trial(value=0.5, user_attrs={  # 100 s an epoch, 32 px
         names.BACKBONE: "Asghar2022CNN", names.CONFIG_ATTR: {names.IMAGE_SIZE: 32},
-        names.EPOCH_SECONDS_ATTR: 100.0})
+        names.FIRST_EPOCH_SECONDS_ATTR: 130.0, names.EPOCH_SECONDS_ATTR: 100.0})
     study.add_trial(earlier)
     for _ in range(3):
         study.enqueue_trial({}, user_attrs={TICKET_ATTR: True})
     with mlflow.start_run() as parent:
-        deadline = time.monotonic() + 300.0  # 3 epochs and the evaluation need 400 s
+        deadline = time.monotonic() + 400.0  # 3 epochs and the evaluation need 430 s
         objective = Objective(space, DATA, "n", parent.info.run_id, parent.info.run_id,
                               deadline=deadline)
         _work(study, objective, None, deadline)

@@ -25,6 +25,11 @@ class SurplusTrial(Exception):
     """A trial Optuna created because another worker popped the last queued one."""
 
 
+# Seconds kept after the first trial's fit, before any trial measured it: scoring 240
+# validation and test images, Grad-CAM and logging the model took 6-17 s on 2 busy cores.
+FIRST_AFTER_FIT_SECONDS = 30.0
+
+
 class NotStarted(Exception):
     """A trial left unstarted: the time left cannot hold its minimum epochs."""
 
@@ -95,7 +100,8 @@ class Objective:
             deadline = None if self.deadline is None else Deadline(self.deadline)
             callbacks = [Pruning(trial, self.space.objective_metric, deadline)]
             if deadline is not None:
-                budget = EpochBudget(self.deadline, config.max_epochs, self.space.min_epochs)
+                budget = EpochBudget(self.deadline, config.max_epochs, self.space.min_epochs,
+                                     after_fit=_after_fit_seconds(trial.study))
                 callbacks += [budget, deadline]
             result = train_and_log(config, data, callbacks=callbacks, backup_dir=backup)
             value = result.objective(self.space.objective_metric)
@@ -109,6 +115,9 @@ class Objective:
                     f"stopped by the study's deadline in epoch {deadline.reached_at_epoch + 1}; "
                     f"its best weights so far are the run's model"))
             mlflow.set_tag(names.TAG_OPTUNA_STATE, "COMPLETE")
+            if budget is not None and budget.fit_ended is not None:
+                trial.set_user_attr(names.AFTER_FIT_SECONDS_ATTR,
+                                    time.monotonic() - budget.fit_ended)
             status = RunStatus.FINISHED
             return value
         except optuna.TrialPruned:  # a normal outcome: its curves stay logged
@@ -126,6 +135,7 @@ class Objective:
         finally:
             if budget is not None and budget.pace is not None:
                 trial.set_user_attr(names.EPOCH_SECONDS_ATTR, budget.pace)
+                trial.set_user_attr(names.FIRST_EPOCH_SECONDS_ATTR, budget.times[0])
             if _failed_elsewhere(trial):  # this worker outlived its grace period
                 mlflow.set_tag(names.TAG_FAILURE, "no heartbeat for the grace period; retried")
                 status = RunStatus.KILLED
@@ -135,24 +145,27 @@ class Objective:
 
     def _check_time_left(self, trial: optuna.Trial, config: TrainConfig) -> None:
         """Leave a trial unstarted (and the study stopped) when an earlier trial of the same
-        backbone and input size shows its `min_epochs`, and the evaluation after them, no
-        longer fit before the deadline. Without such a trial it starts: `EpochBudget`
-        sizes it, and the deadline stops it as a last resort."""
+        backbone and input size shows that its `min_epochs` (the first traces the graph,
+        which costs more) and the evaluation after them no longer fit before the deadline.
+        Without such a trial it starts: `EpochBudget` sizes it, and the deadline stops it
+        as a last resort."""
         if self.deadline is None:
             return
-        paces = [t.user_attrs[names.EPOCH_SECONDS_ATTR]
+        after_fit = _after_fit_seconds(trial.study)
+        needs = [t.user_attrs[names.FIRST_EPOCH_SECONDS_ATTR]
+                 + (self.space.min_epochs - 1) * t.user_attrs[names.EPOCH_SECONDS_ATTR]
+                 + max(t.user_attrs[names.EPOCH_SECONDS_ATTR], after_fit)
                  for t in trial.study.get_trials(deepcopy=False)
-                 if names.EPOCH_SECONDS_ATTR in t.user_attrs
+                 if names.FIRST_EPOCH_SECONDS_ATTR in t.user_attrs
                  and t.user_attrs.get(names.BACKBONE) == config.backbone
                  and t.user_attrs.get(names.CONFIG_ATTR, {}).get(names.IMAGE_SIZE)
                  == config.image_size]
         left = self.deadline - time.monotonic()
-        if not paces or (self.space.min_epochs + 1) * min(paces) <= left:
+        if not needs or min(needs) <= left:
             return
         message = (f"not started: {config.backbone} at {config.image_size} px needs "
-                   f"~{(self.space.min_epochs + 1) * min(paces):.0f} s for its "
-                   f"{self.space.min_epochs} minimum epochs and their evaluation, "
-                   f"{max(left, 0):.0f} s of the study's budget are left")
+                   f"~{min(needs):.0f} s for its {self.space.min_epochs} minimum epochs and "
+                   f"their evaluation, {max(left, 0):.0f} s of the study's budget are left")
         trial.set_user_attr(names.NOT_STARTED_ATTR, message)
         self.out_of_time = True
         trial.study.stop()
@@ -178,6 +191,15 @@ class Objective:
         trial.set_user_attr(names.CLASS_F1_ATTR, {
             c: result.metrics[names.test_per_class("f1", c)] for c in class_names
         })
+
+
+def _after_fit_seconds(study: optuna.Study) -> float:
+    """Seconds a trial needs after its fit (scoring with TTA, Grad-CAM, logging the model):
+    the most an earlier complete trial of the study took, else a first guess."""
+    measured = [t.user_attrs[names.AFTER_FIT_SECONDS_ATTR] for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if names.AFTER_FIT_SECONDS_ATTR in t.user_attrs]
+    return max(measured, default=FIRST_AFTER_FIT_SECONDS)
 
 
 def _failed_elsewhere(trial: optuna.Trial) -> bool:

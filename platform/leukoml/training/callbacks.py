@@ -46,18 +46,23 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 class EpochBudget(keras.callbacks.Callback):
-    """Sizes a fit to the time it has: after each epoch, the epochs that still fit before
-    `at` (`time.monotonic()` seconds) at the pace of the epochs so far, one epoch's time
-    kept for the evaluation after the fit, become the plan (at most `max_epochs`, at
-    least `min_epochs`); the cosine schedule is fitted to end with it and the fit stops
-    there. The `Deadline` is then a last resort."""
+    """Sizes a fit to the time it has. After each epoch, the epochs that still fit before
+    `at` (`time.monotonic()` seconds) at the pace so far, keeping `after_fit` seconds (at
+    least one epoch's) for the evaluation and logging that follow, become the plan (at most
+    `max_epochs`, at least `min_epochs`); the cosine schedule is fitted to end with it and
+    the fit stops there. A plan may grow at the second epoch (the first traces the graph
+    and overstates the pace) and until the fit is halfway through it (a machine's load
+    changes); after that it only shrinks, so the end of the schedule is not stretched.
+    The `Deadline` is a last resort."""
 
-    def __init__(self, at: float, max_epochs: int, min_epochs: int = 1, clock=time.monotonic):
+    def __init__(self, at: float, max_epochs: int, min_epochs: int = 1, after_fit: float = 0.0,
+                 clock=time.monotonic):
         super().__init__()
         self.at, self.max_epochs, self.min_epochs = at, max_epochs, min(min_epochs, max_epochs)
-        self.clock = clock
+        self.after_fit, self.clock = after_fit, clock
         self.planned = max_epochs
         self.times: list[float] = []  # seconds per epoch, validation included
+        self.fit_ended: float | None = None  # clock time the fit returned
 
     @property
     def pace(self) -> float | None:
@@ -73,14 +78,20 @@ class EpochBudget(keras.callbacks.Callback):
         now = self.clock()
         self.times.append(now - self._start)
         steps = int(self.model.optimizer.iterations.numpy()) - self._steps_before
-        fit = epoch + 1 + int((self.at - now - self.pace) // self.pace)
+        keep = max(self.pace, self.after_fit)
+        fit = epoch + 1 + int((self.at - now - keep) // self.pace)
         planned = max(self.min_epochs, min(self.max_epochs, fit))
+        if len(self.times) > 2 and epoch + 1 > self.planned / 2:
+            planned = min(planned, self.planned)
         if planned != self.planned:
             self.planned = planned
             fit_schedule(self.model, planned * steps)
         mlflow.log_metric(names.PLANNED_EPOCHS, planned, step=epoch)
         if epoch + 1 >= planned:
             self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.fit_ended = self.clock()
 
 
 class Deadline(keras.callbacks.Callback):
