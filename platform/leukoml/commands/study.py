@@ -41,12 +41,14 @@ def _run_search(args) -> int:
     from leukoml.study.inputs import AUTO_SPACE, check_search_inputs, pick_search_space
     from leukoml.study.space import load_search_space
 
-    if args.search_space in ("", AUTO_SPACE):
+    picked = args.search_space in ("", AUTO_SPACE)
+    if picked:
         args.search_space, why = pick_search_space(args.data, _shipped_spaces())
-        print(f"search space: {args.search_space} ({why}; give search_space to choose)",
-              flush=True)
     space = load_search_space(args.search_space)
     check_search_inputs(space, args.data, args.storage or None)  # before any run or trial
+    if picked:
+        print(f"search space: {args.search_space} ({why}; give search_space to choose)",
+              flush=True)
     import mlflow
 
     from leukoml.report import format_top, log_report
