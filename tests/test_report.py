@@ -74,3 +74,28 @@ def test_a_study_without_finished_trials_still_reports():
     study = optuna.create_study(study_name="empty")
     board, pngs, page = build_report(study)
     assert board.empty and pngs == {} and "Study empty" in page
+
+
+def test_the_leaderboard_shows_every_dimension_as_trained_and_only_trials_that_ran():
+    """Before: learning_rate None (the trial's param was learning_rate_scale), class_weight
+    empty (a fixed dimension never reaches trial.params), epochs_run 6.0000, and one row per
+    queued trial a timeout left behind."""
+    config = {"image_size": 64, "learning_rate": 1.3e-3, "batch_size": 32,
+              "class_weight": "none", "weight_decay": 1e-4}
+    study = optuna.create_study(direction="maximize", study_name="dims")
+    study.add_trial(_trial("MobileNetV3Small", "low", 0.8, **{
+        names.CONFIG_ATTR: config, names.EPOCHS_RUN: 6}))
+    study.add_trial(_trial("MobileNetV2", "low", 0.9, **{
+        names.CONFIG_ATTR: {**config, "batch_size": 64}, names.EPOCHS_RUN: 3,
+        names.STOPPED_BY: names.STOPPED_BY_DEADLINE}))
+    study.enqueue_trial({})  # WAITING: never ran
+    study.add_trial(_trial("Asghar2022CNN", "low", 0.0, TrialState.FAIL,
+                           **{names.NOT_STARTED_ATTR: "120 s left, 2 epochs need ~300 s"}))
+    board, _, page = build_report(study)
+    assert list(board["number"]) == [1, 0]
+    assert list(board[names.LEARNING_RATE]) == [1.3e-3, 1.3e-3]
+    assert list(board[names.CLASS_WEIGHT]) == ["none", "none"]
+    assert list(board[names.STOPPED_BY].fillna("")) == ["deadline", ""]
+    csv = board.to_csv(index=False)
+    assert ",6," in csv and "6.0" not in csv and ",64," in csv  # integers as integers
+    assert "deadline" in page

@@ -216,7 +216,6 @@ SURPLUS_ATTR = "leukoml_surplus"  # trial: created past the budget, never run
 PROMOTED_ATTR = "promoted_run_id"  # study: the trial run promoted last
 OBJECTIVE_ATTR = "objective_metric"  # study: the metric trials are ranked by
 ERROR_ATTR = "error"  # trial: why it failed
-STOPPED_ATTR = "stopped"  # trial: the study's deadline stopped it
 CLASS_F1_ATTR = "class_f1"  # trial: test F1 per class
 
 DEFAULT_MODEL_NAME = "wbc-classifier"
@@ -272,3 +271,36 @@ EXTERNAL_CONFUSION_PNG = "external/confusion_matrix.png"
 EXTERNAL_RELIABILITY_PNG = "external/reliability_diagram.png"
 EXTERNAL_GALLERY_PNG = "external/misclassified_gradcam.png"
 EXTERNAL_UNKNOWN_CSV = "external/unknown_classes.csv"
+
+
+# --- anytime studies (issue 26): budget, deadline, portfolio, the parent's results --------
+STOPPED_BY = "stopped_by"  # trial user attr, leaderboard column, model-version tag
+STOPPED_BY_DEADLINE = "deadline"  # its value: the study's deadline cut the trial short
+CONFIG_ATTR = "config"  # trial user attr: every searched dimension's value as trained
+NOT_STARTED_ATTR = "not_started"  # trial user attr: why it was not started (time left too short)
+PLANNED_EPOCHS = "planned_epochs"  # metric per epoch: the epochs a trial fits into its time
+EPOCH_SECONDS_ATTR = "epoch_seconds"  # trial user attr: its pace, to size later trials
+FIRST_EPOCH_SECONDS_ATTR = "first_epoch_seconds"  # trial user attr: with graph tracing
+AFTER_FIT_SECONDS_ATTR = "after_fit_seconds"  # trial user attr: evaluation and logging time
+# the study's parent run: resolved params (`mlflow run` already logged its -P values, '' and
+# 0 for defaults, and params cannot change) and results as metrics
+PARAM_STUDY_NAME = "study.name"
+PARAM_STUDY_STORAGE = "study.storage"  # password masked
+PARAM_STUDY_N_TRIALS = "study.n_trials"
+PARAM_STUDY_TIMEOUT = "study.timeout_seconds"
+PARAM_STUDY_SEARCH_SPACE = "study.search_space"
+STUDY_STARTED_ATTR = "started_at"  # study user attr: Unix time its first run started it
+BEST_SO_FAR = "best_val_so_far"  # parent metric, step = seconds since the study started
+STUDY_BEST_VALUE = "study_best_value"  # the best trial's objective (validation)
+STUDY_BEST_TRIAL = "study_best_trial"  # its number
+STUDY_BEST_TEST_ACCURACY = "study_best_test_accuracy"
+STUDY_BEST_TEST_MACRO_F1 = "study_best_test_macro_f1"
+CHAMPION_TEST_MACRO_F1 = "champion_test_macro_f1"  # when the study's best became champion
+STUDY_SECONDS = "study_seconds"  # wall clock of this run of the study
+TRIAL_SECONDS = "trial_seconds"  # the trials' own wall clock, summed
+
+
+def trials_counted(kind: str) -> str:
+    """Parent metric: trials by outcome (complete, pruned, failed, stopped_by_deadline,
+    not_started)."""
+    return f"trials_{kind}"

@@ -176,6 +176,7 @@ def run_tags(run: mlflow.entities.Run) -> dict[str, str]:
         names.TAG_SOURCE_RUN: run.info.run_id,
         names.TAG_VERSION_STUDY: tags.get(names.TAG_OPTUNA_STUDY) or tags.get(names.TAG_STUDY_NAME),
         names.TAG_VERSION_TRIAL: tags.get(names.TAG_OPTUNA_TRIAL),
+        names.STOPPED_BY: names.STOPPED_BY_DEADLINE if names.TAG_STOPPED in tags else None,
         names.BACKBONE: params.get(names.BACKBONE),
         names.IMAGE_SIZE: params.get(names.IMAGE_SIZE),
         names.DATASET_FINGERPRINT: params.get(names.DATASET_FINGERPRINT),

@@ -31,52 +31,78 @@ from leukoml.progress import progress  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-LEADERBOARD_COLUMNS = [
-    "number", "state", names.TIER, names.BACKBONE, names.LEARNING_RATE, names.BATCH_SIZE,
-    names.PATIENCE, names.CLASS_WEIGHT, "objective", *names.TRIAL_RECORD, "leak_suspected",
-    names.PARAM_COUNT, "run_id", "error",
-]
+FIXED_COLUMNS = ["number", "state", names.STOPPED_BY, names.TIER, names.BACKBONE]
+SCORE_COLUMNS = ["objective", *names.TRIAL_RECORD, "leak_suspected", names.PARAM_COUNT,
+                 "run_id", "error"]
+# studies run before trials kept their config (names.CONFIG_ATTR): what trial.params holds
+_OLD_DIMENSIONS = (names.LEARNING_RATE, names.BATCH_SIZE, names.PATIENCE, names.CLASS_WEIGHT)
 GAP_WARNING = 0.05  # as training's: validation above test by more, outside its interval
 TIER_COLOURS = {"low": "#4c9f70", "medium": "#3f7cac", "high": "#c8553d"}
 
 
-def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial, best objective first; pruned and failed trials last.
+def _ran(trial: optuna.trial.FrozenTrial) -> bool:
+    """Queued trials never ran, nor did those a worker created past the budget (see
+    `names.SURPLUS_ATTR`) or left unstarted for lack of time."""
+    return trial.state != optuna.trial.TrialState.WAITING and not (
+        trial.user_attrs.get(names.SURPLUS_ATTR) or trial.user_attrs.get(names.NOT_STARTED_ATTR))
 
-    Trials a worker created past the budget and failed unrun (see
-    `names.SURPLUS_ATTR`) are not trials of the study and are left out.
+
+def _config(trial: optuna.trial.FrozenTrial) -> dict:
+    """The value of every searched dimension the trial trained with."""
+    if names.CONFIG_ATTR in trial.user_attrs:
+        return dict(trial.user_attrs[names.CONFIG_ATTR])
+    return {key: trial.params.get(key) for key in _OLD_DIMENSIONS}
+
+
+def _whole(column: str, rows: list[dict]) -> bool:
+    """Whether a column holds whole numbers only (blanks aside): shown as 6, not 6.0000."""
+    if column in (names.EPOCHS_RUN, names.PARAM_COUNT):  # older studies kept them as floats
+        return True
+    values = [row[column] for row in rows if row.get(column) is not None]
+    return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def leaderboard(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial that ran, best objective first; pruned and failed trials last.
+
+    Columns: the trial, every searched dimension with the value it used, its scores.
     """
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if trial.user_attrs.get(names.SURPLUS_ATTR):
+        if not _ran(trial):
             continue
         params = dict(trial.params)
         tier = params.get(names.TIER)
         row = {
             "number": trial.number,
             "state": trial.state.name,
+            names.STOPPED_BY: trial.user_attrs.get(names.STOPPED_BY),
             names.TIER: tier,
             names.BACKBONE: params.get(f"{names.BACKBONE}_{tier}",
                                        trial.user_attrs.get(names.BACKBONE)),
+            **_config(trial),
             "objective": trial.value,
             "run_id": trial.user_attrs.get(names.RUN_ID_ATTR),
             "error": trial.user_attrs.get(names.ERROR_ATTR),
         }
-        for key in (names.LEARNING_RATE, names.BATCH_SIZE, names.PATIENCE, names.CLASS_WEIGHT):
-            row[key] = params.get(key)
         for key in (*names.TRIAL_RECORD, names.PARAM_COUNT):
             row[key] = trial.user_attrs.get(key)
         row["leak_suspected"] = _leak_suspected(row)
         if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
             row[names.EPOCHS_RUN] = len(trial.intermediate_values)
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+    dimensions = [key for row in rows for key in row
+                  if key not in FIXED_COLUMNS and key not in SCORE_COLUMNS]
+    columns = [*FIXED_COLUMNS, *dict.fromkeys(dimensions or _OLD_DIMENSIONS), *SCORE_COLUMNS]
+    frame = pd.DataFrame(rows, columns=columns)
     if frame.empty:
         return frame
     ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
     frame["_complete"] = frame["state"] != "COMPLETE"
     frame = frame.sort_values(["_complete", "objective", "number"],
                               ascending=[True, ascending, True], na_position="last")
+    for column in (c for c in columns if _whole(c, rows)):
+        frame[column] = frame[column].astype("Int64")
     return frame.drop(columns="_complete").reset_index(drop=True)
 
 
@@ -93,8 +119,10 @@ def _leak_suspected(row: dict) -> bool | None:
 def format_top(board: pd.DataFrame, n: int = 10) -> str:
     """The head of the leaderboard for the console."""
     columns = ["number", "state", names.BACKBONE, names.TIER, "objective", names.TEST_MACRO_F1,
-               names.TEST_ACCURACY, names.EPOCHS_RUN]
-    return board[columns].head(n).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+               names.TEST_ACCURACY, names.EPOCHS_RUN, names.STOPPED_BY]
+    top = board[columns].head(n).copy()
+    top[names.STOPPED_BY] = top[names.STOPPED_BY].fillna("")
+    return top.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="")
 
 
 # --- figures ------------------------------------------------------------------------------

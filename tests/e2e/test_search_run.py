@@ -276,3 +276,56 @@ def test_an_unreachable_storage_stops_the_search_and_leaves_no_run(tracking_uri,
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("e2e-storage").experiment_id
     assert client.search_runs([experiment]) == []  # not even a FAILED one
+
+
+def test_a_study_whose_only_trial_meets_the_deadline_registers_it_as_champion(
+        tracking_uri, tmp_path):
+    """Before: the trial was recorded PRUNED ("stopped by the study's deadline"), the study
+    printed "no trial completed; nothing to promote" and registered nothing. Deterministic:
+    the trial may not shrink below 3000 epochs (min_epochs), which never fit in 60 s."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    make_experiment(tracking_uri, "e2e-search", tmp_path)
+    space = tmp_path / "deadline.yaml"
+    space.write_text(yaml.safe_dump({
+        "tiers": {"low": ["Asghar2022CNN"]}, "image_size": 32, "max_image_size": 32,
+        "crop": "none", "augment": "none", "tta": "none", "learning_rate": 1e-3,
+        "max_epochs": 3000, "min_epochs": 3000, "patience": 3000,
+        "pruner": {"name": "none"}, "n_trials": 2, "timeout": 60, "ensemble": 0}))
+    model = "e2e-deadline"
+    proc = mlflow_run(tracking_uri, "search", data="synthetic:per_class=20,size=32",
+                      search_space=space, study_name="deadline", storage=storage,
+                      model_name=model)
+    assert "nothing to promote" not in proc.stdout
+    assert "stopped by the study's deadline" in proc.stdout
+
+    study = optuna.load_study(study_name="deadline", storage=storage)
+    first = study.trials[0]
+    assert first.state.name == "COMPLETE"
+    assert first.user_attrs[names.STOPPED_BY] == names.STOPPED_BY_DEADLINE
+    assert [t.state.name for t in study.trials[1:]] == ["WAITING"]  # no time left for it
+
+    client = MlflowClient(tracking_uri)
+    champion = client.get_model_version_by_alias(model, "champion")
+    assert champion.run_id == first.user_attrs[names.RUN_ID_ATTR]
+    assert champion.tags[names.STOPPED_BY] == names.STOPPED_BY_DEADLINE
+
+    parent = client.get_run(study.user_attrs[names.PARENT_RUN_ATTR])
+    board = pd.read_csv(client.download_artifacts(parent.info.run_id, names.LEADERBOARD_CSV))
+    assert list(board["number"]) == [0]  # the queued trial never ran: no row
+    assert board.loc[0, names.STOPPED_BY] == names.STOPPED_BY_DEADLINE
+    assert board.loc[0, names.LEARNING_RATE] == pytest.approx(1e-3)
+
+    # the parent run carries the study's results and its real settings
+    metrics, params = parent.data.metrics, parent.data.params
+    assert metrics[names.trials_counted("complete")] == 1
+    assert metrics[names.trials_counted("stopped_by_deadline")] == 1
+    assert metrics[names.trials_counted("pruned")] == metrics[names.trials_counted("failed")] == 0
+    assert metrics[names.STUDY_BEST_TRIAL] == 0
+    assert metrics[names.STUDY_BEST_VALUE] == pytest.approx(first.value)
+    assert metrics[names.CHAMPION_TEST_MACRO_F1] == pytest.approx(
+        first.user_attrs[names.TEST_MACRO_F1], abs=0.01)  # served pyfunc vs in-process
+    curve = client.get_metric_history(parent.info.run_id, names.BEST_SO_FAR)
+    assert [m.value for m in curve] == pytest.approx([first.value])
+    assert params[names.PARAM_STUDY_NAME] == "deadline"
+    assert params[names.PARAM_STUDY_N_TRIALS] == "2"
+    assert params[names.PARAM_STUDY_TIMEOUT] == "60"

@@ -146,3 +146,72 @@ def test_a_bad_yaml_file_names_the_file(tmp_path):
         load_search_space(bad)
     with pytest.raises(LeukomlError, match="not found"):
         load_search_space(tmp_path / "missing.yaml")
+
+
+def test_a_study_starts_with_the_train_defaults_then_two_other_configurations():
+    cpu = load_search_space(REPO / "search_spaces" / "cpu.yaml")
+    study = optuna.create_study(direction="maximize")
+    for params in cpu.portfolio:
+        study.enqueue_trial(params)
+    first, second, third = (cpu.sample(study.ask(), "synthetic") for _ in range(3))
+    small = get_backbone("MobileNetV3Small")
+    assert (first.backbone, first.image_size, first.batch_size, first.optimizer,
+            first.schedule, first.label_smoothing, first.augment) == (
+        "MobileNetV3Small", 96, 32, "adamw", "cosine", 0.1, "cell")  # -e train's defaults
+    assert first.peak_learning_rate() == pytest.approx(small.learning_rate)
+    assert (second.backbone, second.image_size) == ("MobileNetV3Large", 64)
+    assert (third.backbone, third.schedule, third.optimizer) == ("EfficientNetB0", "plateau",
+                                                                 "adam")
+    # a value a space does not allow is left to the sampler: smoke.yaml fixes 64 px
+    smoke = load_search_space(REPO / "search_spaces" / "smoke.yaml")
+    assert [p["backbone_low"] for p in smoke.portfolio] == ["MobileNetV3Small"]
+    assert "image_size" not in smoke.portfolio[0]
+    # the paper grids keep their order; a space may turn the portfolio off or name its own
+    assert load_search_space(REPO / "search_spaces" / "asghar2022.yaml").portfolio == ()
+    assert parse_search_space({"portfolio": False}).portfolio == ()
+    own = parse_search_space({"tiers": {"low": ["MobileNetV2", "Asghar2022CNN"]},
+                              "batch_size": [16, 32], "portfolio": [
+                                  {"backbone": "Asghar2022CNN", "batch_size": 16}]})
+    assert own.portfolio == ({"tier": "low", "backbone_low": "Asghar2022CNN",
+                              "batch_size": 16},)
+
+
+@pytest.mark.parametrize("entry, key, message", [
+    ({"dropout": 0.3}, "portfolio[0].dropout", "not a dimension of this space"),
+    ({"batch_size": 128}, "portfolio[0].batch_size", "128 is outside this space: one of"),
+    ({"backbone": "ResNet50"}, "portfolio[0].backbone", "not in this space's tiers"),
+    ({"optimizer": "adam"}, "portfolio[0].optimizer", "fixed at 'adamw'"),
+    ({"learning_rate": 0.5}, "portfolio[0].learning_rate", "names its backbone too"),
+    ({"backbone": "MobileNetV2", "learning_rate": 0.5}, "portfolio[0].learning_rate",
+     "outside MobileNetV2's range"),
+])
+def test_a_portfolio_entry_outside_the_space_is_refused_naming_it(entry, key, message):
+    raw = {"tiers": {"low": ["MobileNetV2"]}, "batch_size": [16, 32], "optimizer": "adamw",
+           "portfolio": [entry]}
+    with pytest.raises(LeukomlError) as info:
+        parse_search_space(raw)
+    assert f"'{key}'" in str(info.value) and message in str(info.value)
+
+
+def test_a_portfolio_must_be_a_list_or_false():
+    with pytest.raises(LeukomlError, match="'portfolio': expected a list"):
+        parse_search_space({"portfolio": {"backbone": "MobileNetV2"}})
+
+
+def test_without_a_search_space_the_data_and_the_machine_pick_one(tmp_path, monkeypatch):
+    """Before: real data ran smoke.yaml, the synthetic quick start's space."""
+    from leukoml.study import inputs
+
+    folder = REPO / "search_spaces"
+    gpus = tmp_path / "gpus"
+    monkeypatch.setattr(inputs, "_NVIDIA_GPUS", gpus)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert inputs.pick_search_space("synthetic", folder)[0] == folder / "smoke.yaml"
+    path, why = inputs.pick_search_space(str(tmp_path), folder)
+    assert path == folder / "cpu.yaml" and "no GPU" in why
+    (gpus / "0000:01:00.0").mkdir(parents=True)  # the driver lists a card
+    assert inputs.pick_search_space(str(tmp_path), folder)[0] == folder / "default.yaml"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # hidden from CUDA
+    assert inputs.pick_search_space(str(tmp_path), folder)[0] == folder / "cpu.yaml"
+    for path in (folder / "smoke.yaml", folder / "cpu.yaml", folder / "default.yaml"):
+        load_search_space(path)

@@ -8,18 +8,19 @@ from leukoml import names
 from leukoml.errors import LeukomlError
 
 
-def _default_search_space() -> str:
-    """`search_spaces/smoke.yaml` of the working directory, else of this checkout."""
-    relative = Path("search_spaces") / "smoke.yaml"
-    return str(relative if relative.is_file() else Path(__file__).resolve().parents[3] / relative)
+def _shipped_spaces() -> Path:
+    """`search_spaces/` of the working directory, else of this checkout."""
+    relative = Path("search_spaces")
+    return relative if relative.is_dir() else Path(__file__).resolve().parents[3] / relative
 
 
 def add_search(sub) -> None:
     p = sub.add_parser("search", help="run, resume or join an Optuna study over backbones")
     p.add_argument("--data", default="synthetic",
                    help="dataset folder, or 'synthetic' for the embedded generator")
-    p.add_argument("--search-space", default=_default_search_space(),
-                   help="a search_spaces/*.yaml file")
+    p.add_argument("--search-space", default="auto",
+                   help="a search_spaces/*.yaml file; auto: smoke.yaml for synthetic data, "
+                        "else default.yaml with a GPU, cpu.yaml without")
     p.add_argument("--n-trials", type=int, default=0,
                    help="total trials of the study across workers (0: the YAML's n_trials)")
     p.add_argument("--timeout", type=float, default=0,
@@ -37,11 +38,17 @@ def add_search(sub) -> None:
 def _run_search(args) -> int:
     import time
 
-    from leukoml.study.inputs import check_search_inputs
+    from leukoml.study.inputs import AUTO_SPACE, check_search_inputs, pick_search_space
     from leukoml.study.space import load_search_space
 
+    picked = args.search_space in ("", AUTO_SPACE)
+    if picked:
+        args.search_space, why = pick_search_space(args.data, _shipped_spaces())
     space = load_search_space(args.search_space)
     check_search_inputs(space, args.data, args.storage or None)  # before any run or trial
+    if picked:
+        print(f"search space: {args.search_space} ({why}; give search_space to choose)",
+              flush=True)
     import mlflow
 
     from leukoml.report import format_top, log_report
@@ -49,6 +56,7 @@ def _run_search(args) -> int:
 
     study_name = args.study_name or f"{Path(args.search_space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     with mlflow.start_run():
+        mlflow.log_param(names.PARAM_STUDY_SEARCH_SPACE, str(args.search_space))
         outcome = run_search(space, args.data, study_name, storage=args.storage or None,
                              n_trials=args.n_trials or None, timeout=args.timeout or None)
     board = log_report(outcome.study, outcome.parent_run_id)

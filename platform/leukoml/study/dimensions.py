@@ -44,6 +44,12 @@ class Fixed:
     def suggest(self, trial, name: str):
         return self.value
 
+    def contains(self, value) -> bool:
+        return value == self.value
+
+    def describe(self) -> str:
+        return f"fixed at {self.value!r}"
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -58,6 +64,16 @@ class Choice:
 
     def suggest(self, trial, name: str):
         return trial.suggest_categorical(name, list(self.values))
+
+    def contains(self, value) -> bool:
+        return value in self.values
+
+    def describe(self) -> str:
+        return f"one of {list(self.values)}"
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _bounds(key: str, raw: dict, allowed: set[str], one: Check) -> tuple:
@@ -91,6 +107,12 @@ class FloatRange:
     def suggest(self, trial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
+    def contains(self, value) -> bool:
+        return _number(value) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        return f"in [{self.low:g}, {self.high:g}]"
+
 
 @dataclass(frozen=True)
 class IntRange:
@@ -103,6 +125,13 @@ class IntRange:
 
     def suggest(self, trial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high)
+
+    def contains(self, value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and (
+            self.low <= value <= self.high)
+
+    def describe(self) -> str:
+        return f"an int in [{self.low}, {self.high}]"
 
 
 RANGES = {"float": FloatRange, "int": IntRange}

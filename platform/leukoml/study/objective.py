@@ -6,6 +6,7 @@ import gc
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import mlflow
@@ -24,6 +25,15 @@ class SurplusTrial(Exception):
     """A trial Optuna created because another worker popped the last queued one."""
 
 
+# Seconds kept after the first trial's fit, before any trial measured it: scoring 240
+# validation and test images, Grad-CAM and logging the model took 6-17 s on 2 busy cores.
+FIRST_AFTER_FIT_SECONDS = 30.0
+
+
+class NotStarted(Exception):
+    """A trial left unstarted: the time left cannot hold its minimum epochs."""
+
+
 class Objective:
     """Runs one trial as a nested MLflow run; the study survives any failure."""
 
@@ -38,6 +48,7 @@ class Objective:
         self.deadline = deadline  # time.monotonic() at which the study's budget ends
         self.experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         self._prepared = {}  # DataSpec -> PreparedData, decoded once per worker
+        self.out_of_time = False  # a trial was left unstarted: this worker starts no more
 
     def _dataset(self, config: TrainConfig):
         from leukoml.data import prepare_dataset
@@ -48,10 +59,9 @@ class Objective:
         return self._prepared[spec]
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from optuna_integration import KerasPruningCallback
-
+        from leukoml.study.pruning import Pruning
         from leukoml.training import train_and_log
-        from leukoml.training.callbacks import Deadline
+        from leukoml.training.callbacks import Deadline, EpochBudget
 
         if not trial.user_attrs.get(names.TICKET_ATTR):
             # Between this worker's look at the queue and its ask, another worker
@@ -63,6 +73,7 @@ class Objective:
             trial.study.stop()
             raise SurplusTrial(message)
         config = self.space.sample(trial, self.data)
+        self._check_time_left(trial, config)
         client = MlflowClient()
         run = client.create_run(
             self.experiment_id,
@@ -80,26 +91,33 @@ class Objective:
         run_id = run.info.run_id
         trial.set_user_attr(names.RUN_ID_ATTR, run_id)
         trial.set_user_attr(names.BACKBONE, config.backbone)
+        trial.set_user_attr(names.CONFIG_ATTR, self.space.searched(config))
         start_run_with_system_metrics(run_id=run_id, nested=True)
-        status = RunStatus.FAILED
+        status, budget = RunStatus.FAILED, None
         backup = self._backup_dir(trial)
         try:
             data = self._dataset(config)
-            callbacks = [KerasPruningCallback(trial, self.space.objective_metric)]
-            if self.deadline is not None:
-                callbacks.append(Deadline(self.deadline))
+            deadline = None if self.deadline is None else Deadline(self.deadline)
+            callbacks = [Pruning(trial, self.space.objective_metric, deadline)]
+            if deadline is not None:
+                budget = EpochBudget(self.deadline, config.max_epochs, self.space.min_epochs,
+                                     after_fit=_after_fit_seconds(trial.study))
+                callbacks += [budget, deadline]
             result = train_and_log(config, data, callbacks=callbacks, backup_dir=backup)
             value = result.objective(self.space.objective_metric)
             self._record(trial, result, data.class_names)
             mlflow.log_metric("objective", value)
-            if self.deadline is not None and callbacks[-1].reached_at_epoch is not None:
-                reason = (f"stopped by the study's deadline in epoch "
-                          f"{callbacks[-1].reached_at_epoch + 1}; its best weights so far are "
-                          f"the run's model")
-                trial.set_user_attr(names.STOPPED_ATTR, reason)
-                mlflow.set_tag(names.TAG_STOPPED, reason)
-                raise optuna.TrialPruned(reason)
+            if deadline is not None and deadline.reached_at_epoch is not None:
+                # Its best weights so far are a model like any other: the trial competes
+                # (COMPLETE, so Optuna's best trial and the sampler see it), marked.
+                trial.set_user_attr(names.STOPPED_BY, names.STOPPED_BY_DEADLINE)
+                mlflow.set_tag(names.TAG_STOPPED, (
+                    f"stopped by the study's deadline in epoch {deadline.reached_at_epoch + 1}; "
+                    f"its best weights so far are the run's model"))
             mlflow.set_tag(names.TAG_OPTUNA_STATE, "COMPLETE")
+            if budget is not None and budget.fit_ended is not None:
+                trial.set_user_attr(names.AFTER_FIT_SECONDS_ATTR,
+                                    time.monotonic() - budget.fit_ended)
             status = RunStatus.FINISHED
             return value
         except optuna.TrialPruned:  # a normal outcome: its curves stay logged
@@ -115,12 +133,43 @@ class Objective:
             trial.set_user_attr(names.ERROR_ATTR, message[:1000])
             raise
         finally:
+            if budget is not None and budget.pace is not None:
+                trial.set_user_attr(names.EPOCH_SECONDS_ATTR, budget.pace)
+                trial.set_user_attr(names.FIRST_EPOCH_SECONDS_ATTR, budget.times[0])
             if _failed_elsewhere(trial):  # this worker outlived its grace period
                 mlflow.set_tag(names.TAG_FAILURE, "no heartbeat for the grace period; retried")
                 status = RunStatus.KILLED
             mlflow.end_run(RunStatus.to_string(status))
             shutil.rmtree(backup, ignore_errors=True)  # kept only if this process is killed
             gc.collect()
+
+    def _check_time_left(self, trial: optuna.Trial, config: TrainConfig) -> None:
+        """Leave a trial unstarted (and the study stopped) when an earlier trial of the same
+        backbone and input size shows that its `min_epochs` (the first traces the graph,
+        which costs more) and the evaluation after them no longer fit before the deadline.
+        Without such a trial it starts: `EpochBudget` sizes it, and the deadline stops it
+        as a last resort."""
+        if self.deadline is None:
+            return
+        after_fit = _after_fit_seconds(trial.study)
+        needs = [t.user_attrs[names.FIRST_EPOCH_SECONDS_ATTR]
+                 + (self.space.min_epochs - 1) * t.user_attrs[names.EPOCH_SECONDS_ATTR]
+                 + max(t.user_attrs[names.EPOCH_SECONDS_ATTR], after_fit)
+                 for t in trial.study.get_trials(deepcopy=False)
+                 if names.FIRST_EPOCH_SECONDS_ATTR in t.user_attrs
+                 and t.user_attrs.get(names.BACKBONE) == config.backbone
+                 and t.user_attrs.get(names.CONFIG_ATTR, {}).get(names.IMAGE_SIZE)
+                 == config.image_size]
+        left = self.deadline - time.monotonic()
+        if not needs or min(needs) <= left:
+            return
+        message = (f"not started: {config.backbone} at {config.image_size} px needs "
+                   f"~{min(needs):.0f} s for its {self.space.min_epochs} minimum epochs and "
+                   f"their evaluation, {max(left, 0):.0f} s of the study's budget are left")
+        trial.set_user_attr(names.NOT_STARTED_ATTR, message)
+        self.out_of_time = True
+        trial.study.stop()
+        raise NotStarted(message)
 
     def _backup_dir(self, trial: optuna.Trial) -> Path:
         """Where Keras backs the trial up each epoch: a retry of a trial whose worker was
@@ -136,11 +185,21 @@ class Objective:
     def _record(trial: optuna.Trial, result, class_names: list[str]) -> None:
         """What the leaderboard needs, kept in the study so `-e report` needs only storage."""
         for key in names.TRIAL_RECORD:
-            trial.set_user_attr(key, float(result.metrics[key]))
+            value = result.metrics[key]
+            trial.set_user_attr(key, int(value) if key == names.EPOCHS_RUN else float(value))
         trial.set_user_attr(names.PARAM_COUNT, int(result.model.count_params()))
         trial.set_user_attr(names.CLASS_F1_ATTR, {
             c: result.metrics[names.test_per_class("f1", c)] for c in class_names
         })
+
+
+def _after_fit_seconds(study: optuna.Study) -> float:
+    """Seconds a trial needs after its fit (scoring with TTA, Grad-CAM, logging the model):
+    the most an earlier complete trial of the study took, else a first guess."""
+    measured = [t.user_attrs[names.AFTER_FIT_SECONDS_ATTR] for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if names.AFTER_FIT_SECONDS_ATTR in t.user_attrs]
+    return max(measured, default=FIRST_AFTER_FIT_SECONDS)
 
 
 def _failed_elsewhere(trial: optuna.Trial) -> bool:

@@ -20,16 +20,18 @@ def budget_used(study: optuna.Study) -> int:
     """Trials that count toward `n_trials`, across all workers: run, running or queued.
 
     Every trial counts once, except one that lost its worker and was queued
-    again (its retry stands in for it) and a surplus trial, which never ran
-    (see `_Objective`). (`optuna.study.MaxTrialsCallback` can only filter by
-    state, which would count a retried trial twice.)
+    again (its retry stands in for it) and a surplus trial or one left unstarted
+    for lack of time, which never ran (see `Objective`).
+    (`optuna.study.MaxTrialsCallback` can only filter by state, which would
+    count a retried trial twice.)
     """
     trials = study.get_trials(deepcopy=False)
     replaced = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
     return sum(
         1 for t in trials
         if not (t.state == optuna.trial.TrialState.FAIL
-                and (t.number in replaced or t.user_attrs.get(names.SURPLUS_ATTR)))
+                and (t.number in replaced or t.user_attrs.get(names.SURPLUS_ATTR)
+                     or t.user_attrs.get(names.NOT_STARTED_ATTR)))
     )
 
 

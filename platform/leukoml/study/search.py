@@ -20,8 +20,9 @@ from mlflow.tracking import MlflowClient
 from leukoml import names
 from leukoml.errors import LeukomlError
 from leukoml.locks import mask_url
-from leukoml.study.objective import Objective, worker_name
+from leukoml.study.objective import NotStarted, Objective, SurplusTrial, worker_name
 from leukoml.study.queue import StudyBudget, budget_used, fill_queue, trials_in
+from leukoml.study.results import AnytimeCurve, log_figures, log_settings, started_at
 from leukoml.study.space import SearchSpace
 from leukoml.study.storage import DEFAULT_STORAGE, open_storage, storage_lock
 
@@ -30,6 +31,15 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 _PARENT_WAIT_SECONDS = 120
+
+
+def _ran(record: logging.LogRecord) -> bool:
+    """Optuna logs a trial's exception with its traceback; a trial that never ran (surplus,
+    or not started for lack of time) has its one line from `_summary_line` instead."""
+    return not (record.exc_info and isinstance(record.exc_info[1], (SurplusTrial, NotStarted)))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_ran)
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -63,7 +73,8 @@ class SearchOutcome:
     best_run_id: str | None
 
 
-def _open_study(space: SearchSpace, study_name: str, storage, run_id: str) -> tuple[optuna.Study, str]:
+def _open_study(space: SearchSpace, study_name: str, storage, run_id: str,
+                n_trials: int) -> tuple[optuna.Study, str]:
     """Create the study (we lead: our run is the parent) or join it (nest under its parent)."""
     direction = space.direction
     kwargs = dict(study_name=study_name, storage=storage, sampler=make_sampler(space),
@@ -92,16 +103,29 @@ def _open_study(space: SearchSpace, study_name: str, storage, run_id: str) -> tu
             for backbone in backbones:
                 study.enqueue_trial({names.TIER: tier, f"{names.BACKBONE}_{tier}": backbone},
                                     user_attrs={names.TICKET_ATTR: True})
+    portfolio = space.portfolio[:n_trials]  # trials of the budget, run before the sampler's
+    for params in portfolio:
+        study.enqueue_trial(params, user_attrs={names.TICKET_ATTR: True}, skip_if_exists=True)
+    if portfolio:
+        print(f"portfolio: {len(portfolio)} configuration(s) first ("
+              f"{', '.join(_portfolio_backbone(p) for p in portfolio)}), then the sampler",
+              flush=True)
     study.set_user_attr(names.OBJECTIVE_ATTR, space.objective_metric)
     study.set_metric_names([space.objective_metric])  # dashboards and plots name the value
+    started_at(study)
     study.set_user_attr(names.PARENT_RUN_ATTR, run_id)  # last: joining workers wait for it
     return study, run_id
+
+
+def _portfolio_backbone(params: dict) -> str:
+    tier = params.get(names.TIER)
+    return params.get(f"{names.BACKBONE}_{tier}", "any backbone")
 
 
 def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One console line per finished trial."""
     backbone = trial.user_attrs.get(names.BACKBONE, "?")
-    lr = trial.params.get(names.LEARNING_RATE)
+    lr = trial.user_attrs.get(names.CONFIG_ATTR, trial.params).get(names.LEARNING_RATE)
     parts = [f"trial {trial.number} {trial.state.name:<8} {backbone}"]
     if lr is not None:
         parts.append(f"lr={lr:.2e}")
@@ -109,10 +133,14 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         parts.append(f"{study.user_attrs.get(names.OBJECTIVE_ATTR, 'objective')}={trial.value:.4f}")
     if names.TEST_MACRO_F1 in trial.user_attrs:
         parts.append(f"test_macro_f1={trial.user_attrs[names.TEST_MACRO_F1]:.4f}")
+    if trial.user_attrs.get(names.STOPPED_BY) == names.STOPPED_BY_DEADLINE:
+        parts.append("stopped by the study's deadline: its best epoch so far is kept")
     if names.ERROR_ATTR in trial.user_attrs and trial.state.name == "FAIL":
         parts.append(f"error: {trial.user_attrs[names.ERROR_ATTR][:120]}")
     if trial.user_attrs.get(names.SURPLUS_ATTR):
         parts = [f"trial {trial.number} {trial.user_attrs[names.ERROR_ATTR]}"]
+    if names.NOT_STARTED_ATTR in trial.user_attrs:
+        parts = [f"trial {trial.number} {trial.user_attrs[names.NOT_STARTED_ATTR]}"]
     print("  ".join(parts), flush=True)
 
 
@@ -138,7 +166,8 @@ def run_search(
     active = mlflow.active_run()
     if active is None:
         raise RuntimeError("run_search needs an active MLflow run")
-    study, parent_run_id = _open_study(space, study_name, storage_obj, active.info.run_id)
+    study, parent_run_id = _open_study(space, study_name, storage_obj, active.info.run_id,
+                                       n_trials)
     if parent_run_id == active.info.run_id:
         mlflow.set_tags({names.TAG_STUDY_NAME: study_name, names.TAG_ROLE: names.Role.STUDY,
                          names.TAG_RUN_NAME: f"study-{study_name}"})
@@ -151,13 +180,17 @@ def run_search(
 
     added = fill_queue(study, n_trials, storage)
     queued = len(trials_in(study, optuna.trial.TrialState.WAITING))
+    budget = max(n_trials, budget_used(study))
     print(f"study {study_name!r} in {mask_url(storage or DEFAULT_STORAGE)}: budget "
-          f"{max(n_trials, budget_used(study))}, {queued} trial(s) queued ({added} new)",
-          flush=True)
+          f"{budget}, {queued} trial(s) queued ({added} new)", flush=True)
+    if parent_run_id == active.info.run_id:
+        log_settings(parent_run_id, study_name, storage or DEFAULT_STORAGE, budget, timeout)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = None if timeout is None else started + timeout
     objective = Objective(space, data, study_name, parent_run_id, active.info.run_id, deadline)
-    _work(study, objective, storage_obj, deadline)
+    _work(study, objective, storage_obj, deadline,
+          AnytimeCurve(parent_run_id, started_at(study)))
+    log_figures(parent_run_id, study, time.monotonic() - started)
     _finish_parent(study, parent_run_id, active.info.run_id)
     best_run_id = _best_run_id(study)
     if best_run_id:
@@ -181,7 +214,8 @@ def _finish_parent(study: optuna.Study, parent_run_id: str, run_id: str) -> None
               f"the study was finished by run {run_id})", flush=True)
 
 
-def _work(study: optuna.Study, objective: Objective, storage, deadline: float | None) -> None:
+def _work(study: optuna.Study, objective: Objective, storage, deadline: float | None,
+          curve: AnytimeCurve | None = None) -> None:
     """Run queued trials until none is left; then, while other workers run
     trials, fail the stale ones (their worker died) and run their retries.
 
@@ -192,17 +226,18 @@ def _work(study: optuna.Study, objective: Objective, storage, deadline: float | 
     worker from a slow one, so there the worker leaves at once.
     """
     waiting, running = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
+    callbacks = [StudyBudget(), _summary_line, *([curve] if curve else [])]
     interval = storage.get_heartbeat_interval() if isinstance(
         storage, optuna.storages.RDBStorage) else None
     watched = None
     while True:
         left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
+        if (left is not None and left <= 0) or getattr(objective, "out_of_time", False):
             return
         queued = trials_in(study, waiting)
         if queued:
             study.optimize(objective, n_trials=len(queued), timeout=left, catch=(Exception,),
-                           callbacks=[StudyBudget(), _summary_line], gc_after_trial=True,
+                           callbacks=callbacks, gc_after_trial=True,
                            show_progress_bar=True)
             continue
         numbers = [t.number for t in trials_in(study, running)]
@@ -260,6 +295,9 @@ def promote_best(outcome: SearchOutcome, model_name: str, storage: str | None,
             print(f"best trial run {best_run_id} already promoted", flush=True)
             return []
         results = [promote(best_run_id, model_name, lock_url=lock_url)]
+        if results[0].promoted:
+            MlflowClient().log_metric(outcome.parent_run_id, names.CHAMPION_TEST_MACRO_F1,
+                                      results[0].candidate_f1)
         study.set_user_attr(names.PROMOTED_ATTR, best_run_id)
         built = build_ensemble(study, ensemble, outcome.parent_run_id) if ensemble >= 2 else None
         if built is not None:

@@ -11,7 +11,7 @@ here too. Every problem is reported at once, each naming its key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from leukoml import names
@@ -32,6 +32,7 @@ _STRUCTURAL = {
     "max_image_size": "an int (caps backbone_default)",
     "learning_rate": "a number, {low, high, log}, or backbone_default (each family's range)",
     "max_epochs": "an int",
+    "min_epochs": "an int: a trial that has not the time for this many epochs is not started",
     "sampler": "{name: tpe|random|grid, seed: 42, n_startup_trials: 10}",
     "pruner": "{name: median|hyperband|none, ...}",
     "seed": "an int: split and initialisation seed shared by all trials",
@@ -39,6 +40,8 @@ _STRUCTURAL = {
     "timeout": "seconds of wall clock for the study, or null",
     "split": "{group_by: siblings|none|<regex>|<CSV>, drop_cross_split_duplicates: false}",
     "ensemble": "an int: the best trials averaged into a candidate after the study (0: none)",
+    "portfolio": "a list of configurations run first ({backbone: ..., image_size: ...}), or "
+                 "false; default: the -e train defaults and two others (study/portfolio.py)",
 }
 # TrainConfig fields a search space sets through a structural key, or never
 _NOT_KEYS = {"data", "backbone", "seed", "image_size", "learning_rate", "max_epochs",
@@ -83,6 +86,7 @@ class SearchSpace:
     max_image_size: int
     learning_rate: object  # Fixed / FloatRange / Choice, or BACKBONE_DEFAULT
     max_epochs: int
+    min_epochs: int
     dimensions: dict[str, object]  # TrainConfig field -> Fixed / Choice / range
     sampler: dict
     pruner: dict
@@ -91,6 +95,7 @@ class SearchSpace:
     timeout: float | None
     split: dict
     ensemble: int = 3  # the best trials averaged into a candidate model (0 or 1: none)
+    portfolio: tuple = ()  # Optuna params of the trials run first (study/portfolio.py)
     source: str = ""  # the YAML text, logged with the study
 
     @property
@@ -126,6 +131,14 @@ class SearchSpace:
             drop_cross_split_duplicates=bool(self.split.get("drop_cross_split_duplicates")),
             **values,
         )
+
+
+    def searched(self, config: TrainConfig) -> dict:
+        """The value `config` took in every dimension of this space, fixed ones included,
+        the learning rate resolved (a trial's params hold only what it sampled)."""
+        return {names.IMAGE_SIZE: config.image_size,
+                names.LEARNING_RATE: config.peak_learning_rate(),
+                **{key: getattr(config, key) for key in self.dimensions}}
 
 
 def _tiers(value, problems: _Problems) -> dict[str, tuple[str, ...]]:
@@ -264,22 +277,30 @@ def parse_search_space(raw: dict, source: str = "") -> SearchSpace:
     scalars = {key: problems.check(key, lambda: dimension(
         key, raw.get(key, default), "int", lambda v: _at_least(key, v, low),
         searchable=False).value)
-        for key, default, low in (("max_epochs", 30, 1), ("seed", 0, 0), ("n_trials", 10, 1),
-                                  ("ensemble", 3, 0))}
+        for key, default, low in (("max_epochs", 30, 1), ("min_epochs", 2, 1), ("seed", 0, 0),
+                                  ("n_trials", 10, 1), ("ensemble", 3, 0))}
     timeout = raw.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or timeout <= 0):
         problems.append(f"'timeout': expected seconds > 0 or null, got {timeout!r}")
     if problems:
         raise LeukomlError("search space: " + "; ".join(problems))
-    return SearchSpace(
+    space = SearchSpace(
         objective_metric=objective[0], direction=objective[1], tiers=tiers,
         image_size=image_size, max_image_size=max_size, learning_rate=learning_rate,
-        max_epochs=scalars["max_epochs"], dimensions=dimensions, sampler=sampler,
+        max_epochs=scalars["max_epochs"],
+        min_epochs=min(scalars["min_epochs"], scalars["max_epochs"]),  # never above max_epochs
+        dimensions=dimensions, sampler=sampler,
         pruner=pruner, seed=scalars["seed"], n_trials=scalars["n_trials"],
         timeout=None if timeout is None else float(timeout), split=split,
         ensemble=scalars["ensemble"], source=source,
     )
+    from leukoml.study.portfolio import portfolio_params
+
+    try:
+        return replace(space, portfolio=portfolio_params(raw.get("portfolio"), space))
+    except LeukomlError as exc:
+        raise LeukomlError(f"search space: {exc}") from None
 
 
 def load_search_space(path: str | Path) -> SearchSpace:

@@ -1,4 +1,5 @@
-"""Keras callbacks of a training run: per-epoch MLflow logging, a deadline, resumable backup."""
+"""Keras callbacks of a training run: per-epoch MLflow logging, epochs sized to a
+deadline, the deadline itself, resumable backup."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import keras
 import mlflow
 
 from leukoml import names
+from leukoml.training.recipe import fit_schedule
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,55 @@ class EpochLogger(keras.callbacks.Callback):
         metrics[names.EPOCH_SECONDS] = seconds
         metrics[names.IMAGES_PER_SECOND] = self.n_train / max(train_seconds, 1e-9)
         mlflow.log_metrics(metrics, step=epoch)
+
+
+class EpochBudget(keras.callbacks.Callback):
+    """Sizes a fit to the time it has. After each epoch, the epochs that still fit before
+    `at` (`time.monotonic()` seconds) at the pace so far, keeping `after_fit` seconds (at
+    least one epoch's) for the evaluation and logging that follow, become the plan (at most
+    `max_epochs`, at least `min_epochs`); the cosine schedule is fitted to end with it and
+    the fit stops there. A plan may grow at the second epoch (the first traces the graph
+    and overstates the pace) and until the fit is halfway through it (a machine's load
+    changes); after that it only shrinks, so the end of the schedule is not stretched.
+    The `Deadline` is a last resort."""
+
+    def __init__(self, at: float, max_epochs: int, min_epochs: int = 1, after_fit: float = 0.0,
+                 clock=time.monotonic):
+        super().__init__()
+        self.at, self.max_epochs, self.min_epochs = at, max_epochs, min(min_epochs, max_epochs)
+        self.after_fit, self.clock = after_fit, clock
+        self.planned = max_epochs
+        self.times: list[float] = []  # seconds per epoch, validation included
+        self.fit_ended: float | None = None  # clock time the fit returned
+
+    @property
+    def pace(self) -> float | None:
+        """Seconds an epoch takes: the median after the first (which traces the graph)."""
+        steady = self.times[1:] or self.times
+        return float(sorted(steady)[len(steady) // 2]) if steady else None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = self.clock()
+        self._steps_before = int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = self.clock()
+        self.times.append(now - self._start)
+        steps = int(self.model.optimizer.iterations.numpy()) - self._steps_before
+        keep = max(self.pace, self.after_fit)
+        fit = epoch + 1 + int((self.at - now - keep) // self.pace)
+        planned = max(self.min_epochs, min(self.max_epochs, fit))
+        if len(self.times) > 2 and epoch + 1 > self.planned / 2:
+            planned = min(planned, self.planned)
+        if planned != self.planned:
+            self.planned = planned
+            fit_schedule(self.model, planned * steps)
+        mlflow.log_metric(names.PLANNED_EPOCHS, planned, step=epoch)
+        if epoch + 1 >= planned:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.fit_ended = self.clock()
 
 
 class Deadline(keras.callbacks.Callback):
