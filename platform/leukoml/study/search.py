@@ -15,12 +15,19 @@ from dataclasses import dataclass
 
 import mlflow
 import optuna
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from leukoml import names
 from leukoml.errors import LeukomlError
 from leukoml.locks import mask_url
-from leukoml.study.objective import NotStarted, Objective, SurplusTrial, worker_name
+from leukoml.study.objective import (
+    FIRST_AFTER_FIT_SECONDS,
+    NotStarted,
+    Objective,
+    SurplusTrial,
+    worker_name,
+)
 from leukoml.study.queue import StudyBudget, budget_used, fill_queue, trials_in
 from leukoml.study.results import AnytimeCurve, log_figures, log_settings, started_at
 from leukoml.study.space import SearchSpace
@@ -188,14 +195,37 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = None if timeout is None else started + timeout
     objective = Objective(space, data, study_name, parent_run_id, active.info.run_id, deadline)
-    _work(study, objective, storage_obj, deadline,
-          AnytimeCurve(parent_run_id, started_at(study)))
+    if _prepare_ahead(objective, parent_run_id, deadline):
+        _work(study, objective, storage_obj, deadline,
+              AnytimeCurve(parent_run_id, started_at(study)))
     log_figures(parent_run_id, study, time.monotonic() - started)
     _finish_parent(study, parent_run_id, active.info.run_id)
     best_run_id = _best_run_id(study)
     if best_run_id:
         MlflowClient().set_tag(parent_run_id, names.TAG_BEST_TRIAL_RUN, best_run_id)
     return SearchOutcome(study, parent_run_id, best_run_id)
+
+
+def _prepare_ahead(objective: Objective, parent_run_id: str, deadline: float | None) -> bool:
+    """Prepare the data before the first trial and say what it took of the budget, in one
+    line and as the parent's prepare_<phase>_seconds; False if too little is left for a
+    trial (the time a trial keeps for its evaluation, twice)."""
+    seconds = objective.prepare_ahead()
+    MlflowClient().log_batch(parent_run_id, metrics=[
+        Metric(names.prepare_seconds(phase), value, int(time.time() * 1000), 0)
+        for phase, value in seconds.items()])
+    spent = sum(seconds.values())
+    left = None if deadline is None else deadline - time.monotonic()
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if v >= 0.5) or "reused"
+    print(f"data prepared in {spent:.0f} s ({phases})"
+          + ("" if left is None else f"; {max(left, 0):.0f} s of the budget left for trials"),
+          flush=True)
+    if left is not None and left < 2 * FIRST_AFTER_FIT_SECONDS:
+        print(f"not starting a trial: preparing the data left {max(left, 0):.0f} s of the "
+              f"budget; run `leukoml prepare --data {objective.data}` once (or give a longer "
+              "timeout), then search", flush=True)
+        return False
+    return True
 
 
 def _finish_parent(study: optuna.Study, parent_run_id: str, run_id: str) -> None:
