@@ -163,7 +163,7 @@ TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_WORKER = "leukoml.worker"  # on a trial run: host-pid of the process that ran it
 TAG_WORKER_RUN = "leukoml.worker_run"  # on a trial run: the run of that worker process
-TAG_FAILURE = "leukoml.failure"
+TAG_FAILURE = "leukoml.failure"  # why the run failed: bad input, a lost worker
 TAG_STOPPED = "leukoml.stopped"
 TAG_FINISHED_BY = "leukoml.finished_by_run"  # on a parent run a later run finished
 RESUMED_AT_EPOCH = "resumed_at_epoch"  # metric: a retried trial restored this many epochs
@@ -221,6 +221,9 @@ CLASS_F1_ATTR = "class_f1"  # trial: test F1 per class
 
 DEFAULT_MODEL_NAME = "wbc-classifier"
 DEFAULT_EXPERIMENT = "leukoml"  # where runs go unless MLflow is told another experiment
+# experiment tag: the MLflow 3 UI opens an untagged experiment on its GenAI trace page
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the value that opens it on training runs
 
 # --- artifacts ----------------------------------------------------------------
 MODEL_ARTIFACT = "model"

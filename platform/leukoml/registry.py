@@ -299,7 +299,7 @@ def _decide(
         return result(True, f"no champion yet; test macro-F1 {full_f1:.4f} on "
                             f"{len(test.files)} images", full_f1)
     champion_uri = _version_uri(model_name, previous)
-    champion_classes = serving_config(champion_uri).class_names
+    champion_classes = serving_config(champion_uri, "champion").class_names
     if sorted(champion_classes) != sorted(test.class_names):
         return result(False, f"not comparable: champion version {previous} classifies "
                              f"{champion_classes}, the candidate {test.class_names}", full_f1)
