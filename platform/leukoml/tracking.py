@@ -33,16 +33,16 @@ def log_params(params: dict[str, object]) -> None:
         mlflow.log_params(fresh)
 
 
-_TAGGED: set[str] = set()  # experiments this process has checked
+_TAGGED: set[tuple[str, str]] = set()  # (tracking URI, experiment id) checked by this process
 
 
 def tag_experiment(experiment_id: str, client: MlflowClient | None = None) -> None:
     """Mark an experiment leukoml uses as one of training runs, so the MLflow 3 UI opens it
     on its runs, not on the GenAI "send your first trace" page (whoever created it: leukoml,
     `mlflow run --experiment-name`, the user). Checked once per process."""
-    if experiment_id in _TAGGED:
-        return
     client = client or MlflowClient()
+    if (client.tracking_uri, experiment_id) in _TAGGED:
+        return
     try:
         tags = client.get_experiment(experiment_id).tags
         if tags.get(names.TAG_EXPERIMENT_KIND) != names.EXPERIMENT_KIND:
@@ -50,7 +50,7 @@ def tag_experiment(experiment_id: str, client: MlflowClient | None = None) -> No
                                       names.EXPERIMENT_KIND)
     except MlflowException as exc:  # e.g. no permission to edit it: the UI view is cosmetic
         log.warning("could not tag experiment %s for the MLflow UI: %s", experiment_id, exc)
-    _TAGGED.add(experiment_id)
+    _TAGGED.add((client.tracking_uri, experiment_id))
 
 
 def start_run(**kwargs) -> mlflow.ActiveRun:
