@@ -326,5 +326,6 @@ def _decide(
         scores += f"; {len(test.files) - len(keep)} images the champion trained on left out"
     if candidate_f1 > champion_f1:
         return result(True, f"better: {scores}", candidate_f1, champion_f1, len(keep), difference)
-    return result(False, f"not better (a tie keeps the champion): {scores}", candidate_f1,
-                  champion_f1, len(keep), difference)
+    verdict = ("a tie keeps the champion" if candidate_f1 == champion_f1
+               else "worse" if difference.distinguishable else "not better")
+    return result(False, f"{verdict}: {scores}", candidate_f1, champion_f1, len(keep), difference)
