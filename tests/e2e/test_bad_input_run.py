@@ -35,6 +35,8 @@ CASES = {  # id: (entry point, parameters, fragments the message must hold)
         "train", {"data": "{folder}/one-class"}, ["data:", "at least 2 class folders"]),
     "non-image files": (
         "train", {"data": "{folder}/not-images"}, ["data:", "no readable image"]),
+    "search over non-image files": (  # before: every trial failed on it, and exit 0
+        "search", {"data": "{folder}/not-images"}, ["data: class folder", "no readable image"]),
     "unknown parameter": (
         "train", {"max_epoch": "2"}, ["'max_epoch' (did you mean 'max_epochs'?)"]),
     "search space unknown key": (
@@ -50,6 +52,8 @@ CASES = {  # id: (entry point, parameters, fragments the message must hold)
     "explain bad alias": (
         "explain", {"model_uri": "models:/no-such-model@nope", "images": "{folder}/one-class"},
         ["model_uri: cannot read model models:/no-such-model@nope"]),
+    "export not a model URI": (
+        "export", {"model_uri": "not-a-model"}, ["model_uri: cannot read model not-a-model"]),
     "promote bad run id": ("promote", {"run_id": "abc123"}, ["run_id: no run 'abc123'"]),
 }
 

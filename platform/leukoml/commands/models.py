@@ -22,8 +22,13 @@ def add_explain(sub) -> None:
 
 
 def _run_explain(args) -> int:
+    from pathlib import Path
+
+    from leukoml.errors import LeukomlError
     from leukoml.serving import serving_config
 
+    if not Path(args.images).expanduser().exists():  # checked before the model, and TensorFlow
+        raise LeukomlError(f"images: {args.images!r} is neither an image file nor a folder")
     serving_config(args.model_uri)  # a bad URI, alias or run id stops here, before TensorFlow
     import mlflow
 
