@@ -25,9 +25,12 @@ def _run_train(args) -> int:
     # checked before MLflow or TensorFlow is imported: a bad option fails in a second
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.field_names()}).validated()
 
+    from leukoml.data import check_source
+
+    check_source(config.data_spec())  # a bad folder fails in a second, before pandas
     from leukoml.data import prepare_dataset
 
-    data = prepare_dataset(config.data_spec())  # bad data fails here, before TensorFlow
+    data = prepare_dataset(config.data_spec())  # what decoding finds fails before TensorFlow
     _warn_if_leaking(data)
     import mlflow
 
