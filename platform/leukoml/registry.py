@@ -201,8 +201,12 @@ def check_promotable(run_id: str) -> tuple[mlflow.entities.Run, str, DataSpec]:
         raise LeukomlError(f"run_id: no run {run_id!r} in {mlflow.get_tracking_uri()} "
                            f"({type(exc).__name__})") from None
     if run.info.status != "FINISHED":
-        raise LeukomlError(f"run {run_id} is {run.info.status}, not FINISHED: nothing to promote")
-    return run, find_serving_model(run_id), DataSpec.from_run(run_id)
+        raise LeukomlError(f"run_id: run {run_id} is {run.info.status}, not FINISHED: nothing "
+                           "to promote")
+    try:
+        return run, find_serving_model(run_id), DataSpec.from_run(run_id)
+    except LeukomlError as exc:  # a finished run, but not one leukoml trained
+        raise LeukomlError(f"run_id: {exc}") from None
 
 
 def promote(
