@@ -37,6 +37,8 @@ CASES = {  # id: (entry point, parameters, fragments the message must hold)
         "train", {"data": "{folder}/not-images"}, ["data:", "no readable image"]),
     "search over non-image files": (  # before: every trial failed on it, and exit 0
         "search", {"data": "{folder}/not-images"}, ["data: class folder", "no readable image"]),
+    "prepare over non-image files": (
+        "prepare", {"data": "{folder}/not-images"}, ["data: class folder", "no readable image"]),
     "unknown parameter": (
         "train", {"max_epoch": "2"}, ["'max_epoch' (did you mean 'max_epochs'?)"]),
     "search space unknown key": (
