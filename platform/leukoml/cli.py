@@ -69,7 +69,8 @@ def _unknown_options(parser: argparse.ArgumentParser, extras: list[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from leukoml import __version__
 
-    parser = _Parser(prog="leukoml", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="leukoml", description=__doc__.splitlines()[0],
+                     formatter_class=argparse.HelpFormatter)
     parser.add_argument("--version", action="version", version=f"leukoml {__version__}")
     parser.add_argument("--verbose", action="store_true",
                         help="keep TensorFlow's start-up messages and debug logging")
