@@ -22,3 +22,10 @@ def did_you_mean(word: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(word).lower().replace("-", "_"), spelled, n=1,
                                       cutoff=0.6)
     return f" (did you mean {spelled[close[0]]!r}?)" if close else ""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """A library exception's text for a one-line message: whitespace collapsed, SQLAlchemy's
+    "(Background on this error at: ...)" link dropped, at most `limit` characters."""
+    text = " ".join(str(exc).split("(Background on this error at:")[0].split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

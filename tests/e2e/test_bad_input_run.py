@@ -47,6 +47,9 @@ CASES = {  # id: (entry point, parameters, fragments the message must hold)
     "search space bad value": (
         "search", {"search_space": "{folder}/bad-value.yaml"},
         ["'optimizer': 'adamww' (did you mean 'adamw'?)"]),
+    "unreachable storage": (  # before: psycopg2's and SQLAlchemy's lines under leukoml's
+        "search", {"storage": "postgresql://leukoml:secret@127.0.0.1:9/optuna"},
+        ["cannot open the Optuna storage postgresql://leukoml:***@127.0.0.1:9", "refused"]),
     "n_trials not an int": ("search", {"n_trials": "abc"}, ["--n-trials", "expected an int"]),
     "evaluate bad model_uri": (
         "evaluate", {"model_uri": "models:/no-such-model@champion", "data": "{folder}/one-class"},
@@ -76,3 +79,4 @@ def test_bad_input_is_one_message_and_a_failed_run_that_says_why(inputs, case):
     run = the_failed_run(uri, experiment, *fragments)
     assert f"=== Run (ID '{run.info.run_id}') failed ===" in proc.stderr  # MLflow's one line
     assert "Epoch 1" not in output
+    assert len(proc.stderr.strip().splitlines()) <= 5  # MLflow's 2-3 INFO lines, ours, its one

@@ -24,7 +24,7 @@ from mlflow.types import ColSpec, Schema
 
 import leukoml
 from leukoml import names
-from leukoml.errors import LeukomlError
+from leukoml.errors import LeukomlError, one_line
 from leukoml.serving.runtime import (
     CONFIG_ARTIFACT,
     INPUT_COLUMN,
@@ -81,7 +81,7 @@ def serving_config(model_uri: str, field: str = "model_uri") -> ServingConfig:
         info = mlflow.models.get_model_info(model_uri)
     except Exception as exc:
         raise LeukomlError(f"{field}: cannot read model {model_uri}: {type(exc).__name__}: "
-                           f"{str(exc)[:300]}") from None
+                           f"{one_line(exc)}") from None
     raw = (info.metadata or {}).get(METADATA_KEY)
     if not raw:
         raise LeukomlError(f"{field}: {model_uri} is not a leukoml serving model (no "
