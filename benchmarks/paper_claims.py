@@ -77,7 +77,7 @@ def run(recipe: str, split: str, source: str, max_epochs: int | None = None) -> 
     return {"split": SPLIT_NAMES[split], "recipe": recipe, "split_source": data.split_source,
             "sizes": data.split_sizes(),
             "copies_train_test": data.leakage.shared_pairs("train", "test"),
-            "epochs": metrics[names.EPOCHS_RUN], "best_epoch": metrics[names.BEST_EPOCH] + 1,
+            "epochs": metrics[names.EPOCHS_RUN], "best_epoch": metrics[names.BEST_EPOCH],
             "seconds": round(time.perf_counter() - started),
             "learning_rate": config.peak_learning_rate(), "max_epochs": config.max_epochs,
             **{k: round(metrics[k], 4) for k in names.TEST_SUMMARY},

@@ -80,6 +80,29 @@ def mlflow_run_args(entry: str, experiment: str = "", experiment_id: str = "",
     return args
 
 
+def the_failed_run(tracking_uri: str, experiment_id: str, *reason: str):
+    """The one run `experiment_id` holds, deleted ones included: FAILED, with the reason
+    (every fragment of `reason`) as tag `leukoml.failure` and in `error.txt`, and the
+    experiment tagged for the MLflow UI. Bad input through `mlflow run` leaves exactly that."""
+    import mlflow
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from leukoml import names
+
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs([experiment_id], run_view_type=ViewType.ALL)
+    assert (run.info.status, run.info.lifecycle_stage) == ("FAILED", "active")
+    failure = run.data.tags[names.TAG_FAILURE]
+    assert all(fragment in failure for fragment in reason), failure
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, tracking_uri=tracking_uri,
+                                                artifact_path=names.ERROR_TXT)
+    assert Path(local).read_text().strip() == failure
+    kind = client.get_experiment(experiment_id).tags.get(names.TAG_EXPERIMENT_KIND)
+    assert kind == names.EXPERIMENT_KIND
+    return run
+
+
 def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 900):
     """Run a command (e.g. `mlflow run ...`) with this venv first on PATH; return the result."""
     # the in-process test experiment is not the subprocess's (it names its own)

@@ -71,3 +71,30 @@ def test_a_loss_that_becomes_nan_stops_training_with_a_clear_error(tracking_uri,
     data = prepare_dataset(config.data_spec())
     with mlflow.start_run(), pytest.raises(TrainingDiverged, match="try a lower learning_rate"):
         train_and_log(config, data, callbacks=[Poison()])
+
+
+def test_epochs_are_numbered_as_keras_prints_them_in_steps_and_best_epoch(tracking_uri):
+    """One numbering: the metric step of an epoch, `best_epoch` and the console all count
+    from 1, as Keras prints "Epoch 1/40". Before: `best_epoch` was logged 0-based (4.0) while
+    the console said `best 5`, and the UI's step axis started at 0."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from leukoml import names
+    from leukoml.config import TrainConfig
+    from leukoml.training.callbacks import EpochLogger
+    from leukoml.training.run import _summary
+
+    val_loss = [0.9, 0.4, 0.6]
+    logger = EpochLogger(n_train=10)
+    with mlflow.start_run() as run:
+        for epoch, value in enumerate(val_loss):  # Keras passes 0-based epoch indices
+            logger.on_epoch_begin(epoch)
+            logger.on_epoch_end(epoch, {"loss": 1.0, "val_loss": value})
+    history = MlflowClient().get_metric_history(run.info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    summary = _summary({"loss": [1.0] * 3, "val_loss": val_loss},
+                       TrainConfig(monitor="val_loss"), seconds=1.0)
+    best_step = min(history, key=lambda m: m.value).step
+    assert summary[names.BEST_EPOCH] == best_step == 2
+    assert summary[names.best("val_loss")] == 0.4

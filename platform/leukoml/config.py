@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from leukoml import names
 from leukoml.backbones import check_image_size, check_weights, get_backbone
 from leukoml.data.spec import CROPS, DataSpec
-from leukoml.errors import LeukomlError
+from leukoml.errors import LeukomlError, did_you_mean
 
 AUTO = "auto"
 OPTIMIZERS = ("adam", "adamw")
@@ -165,7 +165,8 @@ def check_value(name: str, value: object, param: Param) -> None:
     if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise LeukomlError(f"{name}: expected a number, got {value!r}")
     if kind == "choice" and value not in param.choices:
-        raise LeukomlError(f"{name}: {value!r}; use one of {', '.join(param.choices)}")
+        raise LeukomlError(f"{name}: {value!r}{did_you_mean(value, param.choices)}; use one "
+                           f"of {', '.join(param.choices)}")
     if kind in ("int", "float"):
         if param.low is not None and value < param.low:
             raise LeukomlError(f"{name}: {value!r} is below {param.low:g}")

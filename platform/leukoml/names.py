@@ -54,6 +54,12 @@ IMAGES_PER_SECOND = "images_per_second"
 EPOCH_METRICS = (LOSS, ACCURACY, MACRO_F1, BALANCED_ACCURACY)
 
 
+def epoch_number(index: int) -> int:
+    """Keras' 0-based epoch index as Keras prints it ("Epoch 1/40"): the one numbering of
+    metric steps, `best_epoch` and messages, so the UI's step axis matches the console."""
+    return index + 1
+
+
 def direction(metric: str) -> str:
     """"min" for losses, "max" for everything else leukoml logs."""
     return "min" if metric.endswith("loss") else "max"
@@ -70,7 +76,7 @@ def best(metric: str) -> str:
 
 
 # --- summary metrics ----------------------------------------------------------
-BEST_EPOCH = "best_epoch"
+BEST_EPOCH = "best_epoch"  # 1-based, like every epoch leukoml logs or prints
 EPOCHS_RUN = "epochs_run"
 TRAIN_SECONDS = "train_seconds"
 COPIES_TRAIN_TEST = "data_copies_train_test"  # exact or near duplicate pairs across splits
@@ -163,10 +169,10 @@ TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_WORKER = "leukoml.worker"  # on a trial run: host-pid of the process that ran it
 TAG_WORKER_RUN = "leukoml.worker_run"  # on a trial run: the run of that worker process
-TAG_FAILURE = "leukoml.failure"
+TAG_FAILURE = "leukoml.failure"  # why the run failed: bad input, a lost worker
 TAG_STOPPED = "leukoml.stopped"
 TAG_FINISHED_BY = "leukoml.finished_by_run"  # on a parent run a later run finished
-RESUMED_AT_EPOCH = "resumed_at_epoch"  # metric: a retried trial restored this many epochs
+RESUMED_AT_EPOCH = "resumed_at_epoch"  # metric: the epoch a retried trial resumed at
 
 # --- the Model Registry: aliases, and tags of a model version ------------------------
 CANDIDATE = "candidate"  # every registered version, last first
@@ -220,6 +226,9 @@ CLASS_F1_ATTR = "class_f1"  # trial: test F1 per class
 
 DEFAULT_MODEL_NAME = "wbc-classifier"
 DEFAULT_EXPERIMENT = "leukoml"  # where runs go unless MLflow is told another experiment
+# experiment tag: the MLflow 3 UI opens an untagged experiment on its GenAI trace page
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the value that opens it on training runs
 
 # --- artifacts ----------------------------------------------------------------
 MODEL_ARTIFACT = "model"

@@ -202,8 +202,12 @@ def check_promotable(run_id: str) -> tuple[mlflow.entities.Run, str, DataSpec]:
         raise LeukomlError(f"run_id: no run {run_id!r} in {mlflow.get_tracking_uri()} "
                            f"({type(exc).__name__})") from None
     if run.info.status != "FINISHED":
-        raise LeukomlError(f"run {run_id} is {run.info.status}, not FINISHED: nothing to promote")
-    return run, find_serving_model(run_id), DataSpec.from_run(run_id)
+        raise LeukomlError(f"run_id: run {run_id} is {run.info.status}, not FINISHED: nothing "
+                           "to promote")
+    try:
+        return run, find_serving_model(run_id), DataSpec.from_run(run_id)
+    except LeukomlError as exc:  # a finished run, but not one leukoml trained
+        raise LeukomlError(f"run_id: {exc}") from None
 
 
 def promote(
@@ -300,7 +304,7 @@ def _decide(
         return result(True, f"no champion yet; test macro-F1 {full_f1:.4f} on "
                             f"{len(test.files)} images", full_f1)
     champion_uri = _version_uri(model_name, previous)
-    champion_classes = serving_config(champion_uri).class_names
+    champion_classes = serving_config(champion_uri, "champion").class_names
     if sorted(champion_classes) != sorted(test.class_names):
         return result(False, f"not comparable: champion version {previous} classifies "
                              f"{champion_classes}, the candidate {test.class_names}", full_f1)
@@ -327,5 +331,6 @@ def _decide(
         scores += f"; {len(test.files) - len(keep)} images the champion trained on left out"
     if candidate_f1 > champion_f1:
         return result(True, f"better: {scores}", candidate_f1, champion_f1, len(keep), difference)
-    return result(False, f"not better (a tie keeps the champion): {scores}", candidate_f1,
-                  champion_f1, len(keep), difference)
+    verdict = ("a tie keeps the champion" if candidate_f1 == champion_f1
+               else "worse" if difference.distinguishable else "not better")
+    return result(False, f"{verdict}: {scores}", candidate_f1, champion_f1, len(keep), difference)

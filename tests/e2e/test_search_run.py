@@ -6,7 +6,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from helpers import make_experiment, mlflow_run_args, poll, run_cli
+from helpers import make_experiment, mlflow_run_args, poll, run_cli, the_failed_run
 from mlflow.tracking import MlflowClient
 
 from leukoml import names
@@ -194,9 +194,8 @@ def test_a_bad_data_folder_stops_the_search_before_any_run_or_trial(
     assert "leukoml search: error: data:" in proc.stderr
     assert "Epoch 1" not in proc.stdout and "trial 0" not in proc.stdout
     assert optuna.study.get_all_study_names(storage) == []  # no study, no trial
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("e2e-search").experiment_id
-    assert client.search_runs([experiment]) == []  # the run mlflow opened is deleted
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name("e2e-search").experiment_id
+    the_failed_run(tracking_uri, experiment, "leukoml search: error: data:")
 
 
 def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
@@ -265,7 +264,7 @@ def test_a_killed_study_resumed_to_the_end_leaves_its_parent_run_finished(
     assert finished >= 1 and finished - 1 <= resumed <= finished + 1 and resumed >= 1
 
 
-def test_an_unreachable_storage_stops_the_search_and_leaves_no_run(tracking_uri, tmp_path):
+def test_an_unreachable_storage_stops_the_search_and_leaves_a_failed_run_saying_why(tracking_uri, tmp_path):
     make_experiment(tracking_uri, "e2e-storage", tmp_path)
     proc = run_cli(mlflow_run_args("search", "e2e-storage",
                                    storage="postgresql://leukoml:secret@127.0.0.1:9/optuna"),
@@ -273,9 +272,10 @@ def test_an_unreachable_storage_stops_the_search_and_leaves_no_run(tracking_uri,
     assert proc.returncode != 0
     # (mlflow run itself echoes the command with the URL; leukoml's own message masks it)
     assert "cannot open the Optuna storage postgresql://leukoml:***@127.0.0.1:9" in proc.stderr
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("e2e-storage").experiment_id
-    assert client.search_runs([experiment]) == []  # not even a FAILED one
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name("e2e-storage").experiment_id
+    run = the_failed_run(tracking_uri, experiment, "cannot open the Optuna storage "
+                                                   "postgresql://leukoml:***@127.0.0.1:9")
+    assert "secret" not in run.data.tags[names.TAG_FAILURE]
 
 
 def test_a_study_whose_only_trial_meets_the_deadline_registers_it_as_champion(

@@ -158,8 +158,8 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(tracking_uri, tmp_pat
     client = MlflowClient()
     done = [m.step for m in client.get_metric_history(first.info.run_id, names.LOSS)]
     resumed = [m.step for m in client.get_metric_history(second.info.run_id, names.LOSS)]
-    assert done == [0, 1, 2] and resumed == [3, 4]  # nothing recomputed
-    assert client.get_run(second.info.run_id).data.metrics[names.RESUMED_AT_EPOCH] == 3
+    assert done == [1, 2, 3] and resumed == [4, 5]  # nothing recomputed
+    assert client.get_run(second.info.run_id).data.metrics[names.RESUMED_AT_EPOCH] == 4
 
 
 def test_a_backup_torn_by_a_kill_mid_write_falls_back_or_starts_over(tracking_uri, tmp_path):
@@ -176,11 +176,11 @@ def test_a_backup_torn_by_a_kill_mid_write_falls_back_or_starts_over(tracking_ur
     with mlflow.start_run() as fallback:
         train_and_log(config, data, backup_dir=backup)
     client = MlflowClient()
-    assert client.get_run(fallback.info.run_id).data.metrics[names.RESUMED_AT_EPOCH] == 2
+    assert client.get_run(fallback.info.run_id).data.metrics[names.RESUMED_AT_EPOCH] == 3
 
     backup.mkdir()
     (backup / "latest.weights.h5").write_bytes(b"torn")  # and nothing to fall back on
     with mlflow.start_run() as fresh:
         train_and_log(config, data, backup_dir=backup)
     steps = [m.step for m in client.get_metric_history(fresh.info.run_id, names.LOSS)]
-    assert steps == [0, 1, 2, 3, 4]
+    assert steps == [1, 2, 3, 4, 5]

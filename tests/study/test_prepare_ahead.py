@@ -16,9 +16,9 @@ SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
 
 def test_too_little_budget_after_the_data_starts_no_trial(tracking_uri, tmp_path, capsys):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    # 30 s: less than the time a trial keeps for its evaluation, twice, whatever the data took
+    # 20 s: less than the time a trial keeps for its evaluation alone, whatever the data took
     assert main(["search", "--data", "synthetic:per_class=10,size=32", "--search-space",
-                 str(SMOKE), "--timeout", "30", "--study-name", "short", "--storage",
+                 str(SMOKE), "--timeout", "20", "--study-name", "short", "--storage",
                  storage]) == 0
     out = capsys.readouterr().out
     assert "data prepared in" in out and "not starting a trial" in out

@@ -98,7 +98,8 @@ def test_a_trial_samples_every_dimension_into_a_valid_config():
 
 
 @pytest.mark.parametrize("raw, key, message", [
-    ({"tiers": {"low": "all"}, "epochs": 3}, "(top level)", "unknown key(s) ['epochs']"),
+    ({"tiers": {"low": "all"}, "epochs": 3}, "(top level)",
+     "unknown key(s) 'epochs' (did you mean 'max_epochs'?)"),
     ({"learning_rate": {"low": 0.1, "high": 0.01}}, "learning_rate", "low (0.1) > high (0.01)"),
     ({"learning_rate": {"low": 0, "high": 0.01, "log": True}}, "learning_rate", "outside (0, 10)"),
     ({"weight_decay": {"low": 0, "high": 0.01, "log": True}}, "weight_decay", "low > 0"),
@@ -117,6 +118,7 @@ def test_a_trial_samples_every_dimension_into_a_valid_config():
     ({"weights": "/no/such/file.h5"}, "weights", "neither 'imagenet'"),
     ({"split": {"group_by": 3}}, "split.group_by", "regular expression"),
     ({"optimizer": "sgd"}, "optimizer", "use one of adam, adamw"),
+    ({"optimizer": "adamww"}, "optimizer", "'adamww' (did you mean 'adamw'?)"),
     ({"schedule": ["cosine", "step"]}, "schedule", "use one of constant, cosine, plateau"),
     ({"augment": "mixup"}, "augment", "use one of none, flips, cell"),
     ({"tta": ["none", "flips"]}, "tta", "takes one value, not a list"),

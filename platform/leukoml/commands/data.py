@@ -32,20 +32,21 @@ def add_prepare(sub) -> None:
 def _run_prepare(args) -> int:
     import json
 
-    from leukoml.data._source import list_source
+    from leukoml.data import check_source
     from leukoml.data.spec import DataSpec
 
     spec = DataSpec(source=args.data, image_size=args.image_size, crop=args.crop,
                     group_by=args.group_by, seed=args.seed, follow_links=args.follow_links)
-    list_source(spec)  # a missing, empty or image-less folder stops here, before any run
+    check_source(spec)  # a missing, empty or image-less folder stops here, before any run
 
     import mlflow
 
     from leukoml.data import prepare_dataset
     from leukoml.data.tracking import log_dataset_card
+    from leukoml.tracking import start_run
 
     data = prepare_dataset(spec)
-    with mlflow.start_run() as run:
+    with start_run() as run:
         mlflow.set_tags({names.TAG_ROLE: names.Role.PREPARE,
                          names.TAG_RUN_NAME: f"prepare-{data.root.name}"})
         card = log_dataset_card(data)

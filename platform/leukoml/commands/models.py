@@ -22,14 +22,22 @@ def add_explain(sub) -> None:
 
 
 def _run_explain(args) -> int:
+    from pathlib import Path
+
+    from leukoml.errors import LeukomlError
+    from leukoml.serving import serving_config
+
+    if not Path(args.images).expanduser().exists():  # checked before the model, and TensorFlow
+        raise LeukomlError(f"images: {args.images!r} is neither an image file nor a folder")
+    serving_config(args.model_uri)  # a bad URI, alias or run id stops here, before TensorFlow
     import mlflow
 
-    from leukoml import names
     from leukoml.explain import explain_images
     from leukoml.serving import load_served_model
+    from leukoml.tracking import start_run
 
     served = load_served_model(args.model_uri)
-    with mlflow.start_run() as run:
+    with start_run() as run:
         mlflow.set_tags({names.TAG_ROLE: names.Role.EXPLAIN, names.TAG_MODEL_URI: args.model_uri,
                          names.TAG_RUN_NAME: f"explain-{served.backbone}"})
         written = explain_images(served.keras_model, served.class_names, served.image_size,
@@ -71,12 +79,11 @@ def _run_evaluate(args) -> int:
     plan = plan_evaluation(request)  # every input checked; no TensorFlow yet
     print(f"evaluating {plan.model.uri} on {len(plan.images.files)} image(s) of "
           f"{plan.images.root} ({plan.images.source})", flush=True)
-    import mlflow
-
     from leukoml.external.score import log_result, score
+    from leukoml.tracking import start_run
 
     result, model, predictions = score(plan)
-    with mlflow.start_run() as run:
+    with start_run() as run:
         log_result(plan, result, model, predictions)
     evaluation = result.evaluation
     if evaluation is not None:
@@ -112,12 +119,13 @@ def _run_export(args) -> int:
     from leukoml.registry import validation_files
     from leukoml.serving import load_served_model
     from leukoml.serving.export import export_metrics
+    from leukoml.tracking import start_run
 
     served = load_served_model(args.model_uri)
     check = validation_files(mlflow.models.get_model_info(args.model_uri).run_id)
     summary = export_served(served, args.output_dir, formats,
                             [path.read_bytes() for path in check])
-    with mlflow.start_run() as run:
+    with start_run() as run:
         mlflow.set_tags({names.TAG_ROLE: names.Role.EXPORT, names.TAG_MODEL_URI: args.model_uri,
                          names.TAG_RUN_NAME: f"export-{served.backbone}"})
         mlflow.log_artifacts(args.output_dir, names.EXPORT_DIR)

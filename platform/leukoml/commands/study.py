@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from leukoml import names
+from leukoml.commands._options import _int
 from leukoml.errors import LeukomlError
 
 
@@ -21,7 +22,7 @@ def add_search(sub) -> None:
     p.add_argument("--search-space", default="auto",
                    help="a search_spaces/*.yaml file; auto: smoke.yaml for synthetic data, "
                         "else default.yaml with a GPU, cpu.yaml without")
-    p.add_argument("--n-trials", type=int, default=0,
+    p.add_argument("--n-trials", type=_int, default=0,
                    help="total trials of the study across workers (0: the YAML's n_trials)")
     p.add_argument("--timeout", type=float, default=0,
                    help="seconds this worker may start trials for (0: the YAML's timeout)")
@@ -53,9 +54,10 @@ def _run_search(args) -> int:
 
     from leukoml.report import format_top, log_report
     from leukoml.study import promote_best, run_search
+    from leukoml.tracking import start_run
 
     study_name = args.study_name or f"{Path(args.search_space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with mlflow.start_run():
+    with start_run():
         mlflow.log_param(names.PARAM_STUDY_SEARCH_SPACE, str(args.search_space))
         outcome = run_search(space, args.data, study_name, storage=args.storage or None,
                              n_trials=args.n_trials or None, timeout=args.timeout or None)
@@ -87,6 +89,7 @@ def _run_report(args) -> int:
     from leukoml import names
     from leukoml.report import format_top, log_report
     from leukoml.study import open_storage
+    from leukoml.tracking import start_run
 
     storage = open_storage(args.storage or None)
     try:
@@ -94,7 +97,7 @@ def _run_report(args) -> int:
     except KeyError:
         raise LeukomlError(f"no study named {args.study_name!r} in that storage") from None
     parent = study.user_attrs.get(names.PARENT_RUN_ATTR)
-    with mlflow.start_run() as run:  # this run only points at the study's parent
+    with start_run() as run:  # this run only points at the study's parent
         mlflow.set_tags({names.TAG_ROLE: names.Role.REPORT, names.TAG_STUDY_NAME: args.study_name,
                          names.TAG_RUN_NAME: f"report-{args.study_name}",
                          **({names.TAG_PARENT_RUN: parent} if parent else {})})

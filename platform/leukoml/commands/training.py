@@ -25,14 +25,18 @@ def _run_train(args) -> int:
     # checked before MLflow or TensorFlow is imported: a bad option fails in a second
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.field_names()}).validated()
 
+    from leukoml.data import check_source
+
+    check_source(config.data_spec())  # a bad folder fails in a second, before pandas
+    from leukoml.data import prepare_dataset
+
+    data = prepare_dataset(config.data_spec())  # what decoding finds fails before TensorFlow
+    _warn_if_leaking(data)
     import mlflow
 
-    from leukoml.data import prepare_dataset
     from leukoml.tracking import start_run_with_system_metrics
     from leukoml.training import train_and_log
 
-    data = prepare_dataset(config.data_spec())
-    _warn_if_leaking(data)
     with start_run_with_system_metrics():
         mlflow.set_tags({names.TAG_ROLE: names.Role.TRAIN, names.TAG_RUN_NAME: f"train-{config.backbone}"})
         result = train_and_log(config, data)
@@ -76,10 +80,11 @@ def _run_promote(args) -> int:
     from leukoml import names
     from leukoml.registry import check_promotable, promote
     from leukoml.serving.export import parse_formats
+    from leukoml.tracking import start_run
 
     export = () if args.export.strip().lower() == "none" else parse_formats(args.export)
     check_promotable(args.run_id)  # a bad run id stops here: nothing registered, no run
-    with mlflow.start_run():
+    with start_run():
         mlflow.set_tags({names.TAG_ROLE: names.Role.PROMOTION,
                          names.TAG_RUN_NAME: f"promote-{args.model_name}"})
         result = promote(args.run_id, args.model_name, force=args.force,

@@ -18,7 +18,7 @@ _EXPORTS = {
     "._discover": ("Listing", "scan_dataset"),
     "._leakage": ("LeakageReport",),
     "._prepare": ("PreparedData", "prepare_dataset", "sibling_ids"),
-    "._source": ("SYNTHETIC", "list_source", "parse_synthetic", "resolve_data"),
+    "._source": ("SYNTHETIC", "check_source", "list_source", "parse_synthetic", "resolve_data"),
     "._synthetic": ("SYNTHETIC_CLASSES", "render_cell"),
     ".spec": ("NO_GROUPS", "SIBLINGS", "DataSpec"),
     "leukoml.names": ("SPLITS",),

@@ -71,3 +71,29 @@ def list_source(spec: DataSpec) -> tuple[DataSpec, Path, Listing]:
     if spec.grouping == "explicit":
         GroupBy.parse(spec.group_by, root)
     return spec, root, scan_dataset(root, spec.follow_links)
+
+
+def check_source(spec: DataSpec) -> None:
+    """Every way a dataset can be unusable, found before any run, trial or TensorFlow import:
+    `list_source`, then one readable image per class (a folder of non-images fails here, in
+    a second, not after the imports and in every trial). Stops at each class's first image
+    that decodes: one decode per class on good data. The synthetic set is rendered, not
+    listed: only its spec is checked."""
+    from leukoml.data._decode import ImageError, decode_image
+    from leukoml.data._discover import printable
+
+    if parse_synthetic(str(spec.source).strip()) is not None:
+        spec.validated()
+        return
+    _, root, listing = list_source(spec)
+    for label in range(len(listing.class_names)):
+        files = [f for f, mine in zip(listing.files, listing.labels) if mine == label]
+        for name in files:
+            try:
+                decode_image((root / name).read_bytes(), 16)
+                break
+            except (ImageError, OSError):
+                continue
+        else:
+            raise LeukomlError(f"data: class folder {printable(listing.class_folder(label))} "
+                               f"has no readable image ({len(files)} file(s) tried)")

@@ -55,11 +55,12 @@ class EvaluationPlan:
     other: ModelRef | None = None
 
 
-def resolve_model(uri: str) -> ModelRef:
-    """The serving config and registry identity of `uri`; a `LeukomlError` naming it."""
+def resolve_model(uri: str, field: str = "model_uri") -> ModelRef:
+    """The serving config and registry identity of `uri` (given as `field`); a `LeukomlError`
+    naming both."""
     if not uri:
-        raise LeukomlError("model_uri: empty; e.g. models:/wbc-classifier@champion")
-    config = serving_config(uri)  # reads MLmodel metadata only: no TensorFlow
+        raise LeukomlError(f"{field}: empty; e.g. models:/wbc-classifier@champion")
+    config = serving_config(uri, field)  # reads MLmodel metadata only: no TensorFlow
     version, model_id = "", ""
     if uri.startswith("models:/"):
         ref = uri.removeprefix("models:/").strip("/")
@@ -74,7 +75,7 @@ def resolve_model(uri: str) -> ModelRef:
             else:  # models:/<model_id> of a logged model
                 found, model_id = None, ref
         except Exception as exc:
-            raise LeukomlError(f"cannot resolve {uri}: {str(exc)[:300]}") from None
+            raise LeukomlError(f"{field}: cannot resolve {uri}: {str(exc)[:300]}") from None
         if found is not None:
             version, model_id = f"{found.name}/{found.version}", found.model_id or ""
             source = found.source or ""
@@ -90,7 +91,7 @@ def plan_evaluation(request: EvaluateRequest) -> EvaluationPlan:
     if request.gallery < 0:
         raise LeukomlError(f"gallery: {request.gallery}; use 0 (none) or more")
     model = resolve_model(request.model_uri)
-    other = resolve_model(request.compare_to) if request.compare_to else None
+    other = resolve_model(request.compare_to, "compare_to") if request.compare_to else None
     if other is not None and list(other.config.class_names) != list(model.config.class_names):
         raise LeukomlError(
             f"compare_to: {other.uri} knows the classes {', '.join(other.config.class_names)}, "

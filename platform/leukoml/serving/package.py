@@ -24,7 +24,7 @@ from mlflow.types import ColSpec, Schema
 
 import leukoml
 from leukoml import names
-from leukoml.errors import LeukomlError
+from leukoml.errors import LeukomlError, one_line
 from leukoml.serving.runtime import (
     CONFIG_ARTIFACT,
     INPUT_COLUMN,
@@ -74,17 +74,18 @@ def _input_example(image_size: int) -> pd.DataFrame:
     return pd.DataFrame({INPUT_COLUMN: [encode_image(buffer.getvalue())]})
 
 
-def serving_config(model_uri: str) -> ServingConfig:
-    """The `ServingConfig` of a logged leukoml model, from its MLmodel metadata (no TensorFlow)."""
+def serving_config(model_uri: str, field: str = "model_uri") -> ServingConfig:
+    """The `ServingConfig` of a logged leukoml model, from its MLmodel metadata (no TensorFlow).
+    A bad URI, alias or run id is one `LeukomlError` naming `field`, the option that gave it."""
     try:
         info = mlflow.models.get_model_info(model_uri)
     except Exception as exc:
-        raise LeukomlError(f"cannot read model {model_uri}: {type(exc).__name__}: "
-                           f"{str(exc)[:300]}") from None
+        raise LeukomlError(f"{field}: cannot read model {model_uri}: {type(exc).__name__}: "
+                           f"{one_line(exc)}") from None
     raw = (info.metadata or {}).get(METADATA_KEY)
     if not raw:
-        raise LeukomlError(f"{model_uri} is not a leukoml serving model (no '{METADATA_KEY}' "
-                           "metadata)")
+        raise LeukomlError(f"{field}: {model_uri} is not a leukoml serving model (no "
+                           f"'{METADATA_KEY}' metadata)")
     return ServingConfig.from_dict(raw)
 
 

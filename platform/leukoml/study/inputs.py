@@ -36,17 +36,13 @@ def pick_search_space(data: str, folder: Path) -> tuple[Path, str]:
 
 
 def check_search_inputs(space: SearchSpace, data: str, storage: str | None) -> None:
-    """The data folder (listed, not decoded), its grouping, then the storage URL.
-    Raises one `LeukomlError`."""
-    from leukoml.data import DataSpec, list_source, parse_synthetic
+    """The data folder (listed, one readable image per class), its grouping, then the
+    storage URL. Raises one `LeukomlError`."""
+    from leukoml.data import DataSpec, check_source
 
-    spec = DataSpec(source=data, seed=space.seed,
-                    group_by=space.split.get("group_by") or "siblings",
-                    follow_links=bool(space.value("follow_links")))
-    if parse_synthetic(str(data).strip()) is None:  # the synthetic set is rendered, not listed
-        list_source(spec)
-    else:
-        spec.validated()
+    check_source(DataSpec(source=data, seed=space.seed,
+                          group_by=space.split.get("group_by") or "siblings",
+                          follow_links=bool(space.value("follow_links"))))
     from leukoml.study.storage import open_storage  # optuna and SQLAlchemy: after the data
 
     open_storage(storage)  # unreachable: fails here, naming the URL

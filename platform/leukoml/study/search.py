@@ -209,7 +209,7 @@ def run_search(
 def _prepare_ahead(objective: Objective, parent_run_id: str, deadline: float | None) -> bool:
     """Prepare the data before the first trial and say what it took of the budget, in one
     line and as the parent's prepare_<phase>_seconds; False if too little is left for a
-    trial (the time a trial keeps for its evaluation, twice)."""
+    trial (less than the time a trial keeps for its evaluation alone)."""
     seconds = objective.prepare_ahead()
     MlflowClient().log_batch(parent_run_id, metrics=[
         Metric(names.prepare_seconds(phase), value, int(time.time() * 1000), 0)
@@ -220,7 +220,7 @@ def _prepare_ahead(objective: Objective, parent_run_id: str, deadline: float | N
     print(f"data prepared in {spent:.0f} s ({phases})"
           + ("" if left is None else f"; {max(left, 0):.0f} s of the budget left for trials"),
           flush=True)
-    if left is not None and left < 2 * FIRST_AFTER_FIT_SECONDS:
+    if left is not None and left < FIRST_AFTER_FIT_SECONDS:
         print(f"not starting a trial: preparing the data left {max(left, 0):.0f} s of the "
               f"budget; run `leukoml prepare --data {objective.data}` once (or give a longer "
               "timeout), then search", flush=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from leukoml import names
 from leukoml.backbones import TIERS, check_weights, get_backbone, list_backbones
 from leukoml.config import AUTO, TrainConfig, check_value
-from leukoml.errors import LeukomlError
+from leukoml.errors import LeukomlError, did_you_mean
 from leukoml.study.dimensions import Fixed, dimension
 
 BACKBONE_DEFAULT = "backbone_default"
@@ -232,7 +232,8 @@ def parse_search_space(raw: dict, source: str = "") -> SearchSpace:
     problems = _Problems()
     unknown = sorted(set(raw) - keys)
     if unknown:
-        problems.append(f"'(top level)': unknown key(s) {unknown}; known keys: {sorted(keys)}")
+        named = ", ".join(f"{key!r}{did_you_mean(key, keys)}" for key in unknown)
+        problems.append(f"'(top level)': unknown key(s) {named}; known keys: {sorted(keys)}")
     objective = problems.check("objective", lambda: _objective(raw.get("objective"), problems))
     tiers = problems.check("tiers", lambda: _tiers(raw.get("tiers", {"low": "all"}), problems))
     max_size = problems.check("max_image_size", lambda: dimension(

@@ -16,7 +16,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from leukoml import names
-from leukoml.errors import LeukomlError
+from leukoml.errors import LeukomlError, one_line
 from leukoml.locks import is_postgres, mask_url, named_lock, rdb_url
 
 log = logging.getLogger(__name__)
@@ -128,4 +128,5 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
     except LeukomlError:
         raise
     except Exception as exc:
-        raise LeukomlError(f"cannot open the Optuna storage {mask_url(url)}: {exc}") from None
+        raise LeukomlError(f"cannot open the Optuna storage {mask_url(url)}: "
+                           f"{one_line(exc)}") from None

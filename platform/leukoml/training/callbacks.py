@@ -28,7 +28,7 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if not hasattr(self, "_start") and epoch > 0:  # BackupAndRestore resumed the run
-            mlflow.log_metric(names.RESUMED_AT_EPOCH, epoch)
+            mlflow.log_metric(names.RESUMED_AT_EPOCH, names.epoch_number(epoch))
         self._start = time.perf_counter()
         self._train_seconds = None
 
@@ -42,7 +42,7 @@ class EpochLogger(keras.callbacks.Callback):
         metrics = {k: float(v) for k, v in (logs or {}).items()}  # learning_rate included
         metrics[names.EPOCH_SECONDS] = seconds
         metrics[names.IMAGES_PER_SECOND] = self.n_train / max(train_seconds, 1e-9)
-        mlflow.log_metrics(metrics, step=epoch)
+        mlflow.log_metrics(metrics, step=names.epoch_number(epoch))
 
 
 class EpochBudget(keras.callbacks.Callback):
@@ -116,7 +116,7 @@ class Deadline(keras.callbacks.Callback):
 class ResumableBackup(keras.callbacks.BackupAndRestore):
     """Keras' `BackupAndRestore` keeping the previous epoch's checkpoint too, so a process
     killed while writing one resumes from the other; a backup that cannot be read at all
-    is dropped with a warning and the run starts from epoch 0 instead of failing."""
+    is dropped with a warning and the run starts from epoch 1 instead of failing."""
 
     def __init__(self, backup_dir: str):
         super().__init__(backup_dir, double_checkpoint=True)
@@ -125,6 +125,6 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         try:
             super().on_train_begin(logs)
         except (OSError, ValueError) as exc:
-            log.warning("the backup in %s cannot be read (%s): starting from epoch 0",
+            log.warning("the backup in %s cannot be read (%s): starting from epoch 1",
                         self.backup_dir, exc)
             shutil.rmtree(self.backup_dir, ignore_errors=True)

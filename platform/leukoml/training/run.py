@@ -130,10 +130,10 @@ def _fit(model: keras.Model, config: TrainConfig, data: PreparedData,
 def _summary(history: dict, config: TrainConfig, seconds: float) -> dict[str, float]:
     monitored = history[config.monitor]
     pick = np.argmin if names.direction(config.monitor) == "min" else np.argmax
-    best_epoch = int(pick(monitored))
-    summary = {names.BEST_EPOCH: best_epoch, names.EPOCHS_RUN: len(history["loss"]),
+    best = int(pick(monitored))  # an index into the history
+    summary = {names.BEST_EPOCH: names.epoch_number(best), names.EPOCHS_RUN: len(history["loss"]),
                names.TRAIN_SECONDS: seconds}
-    summary.update({names.best(k): float(v[best_epoch]) for k, v in history.items()
+    summary.update({names.best(k): float(v[best]) for k, v in history.items()
                     if k.startswith("val_")})
     return summary
 
@@ -287,7 +287,7 @@ def train_and_log(
     log.info(
         "%s: test accuracy %.4f %s, macro-F1 %.4f after %d epochs (best %d) in %.0f s",
         config.backbone, test.value("accuracy"), test.interval("accuracy"),
-        test.value("macro_f1"), len(history["loss"]), summary[names.BEST_EPOCH] + 1, seconds,
+        test.value("macro_f1"), len(history["loss"]), summary[names.BEST_EPOCH], seconds,
     )
     return TrainResult(model, history, summary, test, validation, scored.test_probabilities,
                        model_uri)
