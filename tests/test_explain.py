@@ -1,4 +1,5 @@
-"""Grad-CAM: target layer per backbone family, heatmaps, overlays, MLflow grids, files."""
+"""Grad-CAM: target layer per backbone family, heatmaps, overlays, MLflow grids (image files:
+tests/test_prediction_path.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from leukoml.errors import LeukomlError
 from leukoml.explain import (
     DegenerateHeatmapWarning,
     GradCam,
-    explain_images,
     find_target_layer,
     log_gradcam,
     overlay,
@@ -81,7 +81,7 @@ def test_gradcam_per_family(backbone, size):
     explanation = GradCam(model).explain(cells(size))
     for heatmap in explanation.heatmaps:
         assert_heatmap(heatmap, size)
-    assert explanation.probabilities.sum(axis=1) == pytest.approx(1.0, abs=1e-5)
+    assert np.isfinite(explanation.logits).all()
     np.testing.assert_array_equal(explanation.classes, explanation.logits.argmax(axis=1))
     keras.backend.clear_session()
 
@@ -92,14 +92,19 @@ def small_cnn():
     return build_classifier(get_backbone("Asghar2022CNN"), 3, 32, weights="none")
 
 
-def test_probabilities_match_the_model_and_batches_do_not_mix(small_cnn):
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def test_logits_match_the_model_and_batches_do_not_mix(small_cnn):
     images = cells(32, TRACE_FROM_BATCHES + 1)
     explainer = GradCam(small_cnn)
     traced = explainer.explain(images, batch_size=1)  # enough batches for the traced step
     eager = explainer.explain(images, batch_size=4)
     expected = small_cnn.predict(images.astype("float32"), verbose=0)
-    np.testing.assert_allclose(traced.probabilities, expected, atol=1e-5)
-    np.testing.assert_allclose(eager.probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(softmax(traced.logits), expected, atol=1e-5)
+    np.testing.assert_allclose(softmax(eager.logits), expected, atol=1e-5)
     for a, b in zip(traced.heatmaps, eager.heatmaps):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -227,35 +232,3 @@ def test_log_gradcam_refuses_bad_arguments(trained_on_synthetic):
         log_gradcam(model, data, probabilities, target="label")
     with pytest.raises(ValueError, match="do not match the test split"):
         log_gradcam(model, data, probabilities[1:])
-
-
-def test_explain_images_writes_one_png_per_readable_file(small_cnn, tmp_path):
-    folder = tmp_path / "images"
-    (folder / "more").mkdir(parents=True)
-    Image.fromarray(render_cell("monocyte", 60, seed=1)).save(folder / "a.png")
-    Image.fromarray(render_cell("basophil", 48, seed=2)).save(folder / "more" / "b.jpg")
-    (folder / "broken.png").write_bytes(b"not an image")
-    out = tmp_path / "out"
-    class_names = ["x", "y", "z"]
-
-    with pytest.warns(UserWarning, match="broken.png"):
-        written = explain_images(small_cnn, class_names, 32, folder, out)
-    assert written == [out / "a.png.gradcam.png", out / "more" / "b.jpg.gradcam.png"]
-    for path in written:
-        with Image.open(path) as picture:
-            assert picture.format == "PNG"
-
-    single = explain_images(small_cnn, class_names, 32, folder / "a.png",
-                            tmp_path / "single")
-    assert single == [tmp_path / "single" / "a.png.gradcam.png"] and single[0].is_file()
-
-    with pytest.raises(LeukomlError, match="neither an image file nor a folder"):
-        explain_images(small_cnn, class_names, 32, tmp_path / "nope", out)
-    with pytest.raises(LeukomlError, match="2 class names given for a model with 3 outputs"):
-        explain_images(small_cnn, class_names[:2], 32, folder, out)
-    with pytest.raises(LeukomlError, match="image_size 64 does not match"):
-        explain_images(small_cnn, class_names, 64, folder, out)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(LeukomlError, match="none of the files"):
-            explain_images(small_cnn, class_names, 32, folder / "broken.png", out)

@@ -40,9 +40,7 @@ def _run_explain(args) -> int:
     with start_run() as run:
         mlflow.set_tags({names.TAG_ROLE: names.Role.EXPLAIN, names.TAG_MODEL_URI: args.model_uri,
                          names.TAG_RUN_NAME: f"explain-{served.backbone}"})
-        written = explain_images(served.keras_model, served.class_names, served.image_size,
-                                 args.images, args.output_dir,
-                                 crop=served.config.members[0].crop)
+        written = explain_images(served, args.images, args.output_dir)
         mlflow.log_artifacts(args.output_dir, names.GRADCAM_DIR)
     print(f"{len(written)} Grad-CAM overlay(s) in {args.output_dir}, logged to run "
           f"{run.info.run_id} under {names.GRADCAM_DIR}/")

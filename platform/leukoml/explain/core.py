@@ -117,13 +117,9 @@ class Explanation:
 
     heatmaps: list[np.ndarray | None]  # (H, W) float32 in [0, 1]; None: all zero or not finite
     classes: np.ndarray  # (N,) the class each heatmap explains
-    logits: np.ndarray = field(repr=False)  # (N, K) float32, the model's `head_logits`
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Softmax of the logits: the model's output."""
-        shifted = np.exp(self.logits - self.logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+    # (N, K) float32, the network's `head_logits` on this one view: not the served
+    # prediction, which averages test-time views and is temperature-scaled
+    logits: np.ndarray = field(repr=False)
 
 
 class GradCam:

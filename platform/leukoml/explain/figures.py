@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from leukoml import names
-from leukoml.data import IMAGE_SUFFIXES, ImageError, PreparedData, decode_image
+from leukoml.data import IMAGE_SUFFIXES, PreparedData
 from leukoml.errors import LeukomlError
 from leukoml.explain.core import TRACE_FROM_BATCHES, GradCam, overlay
 from leukoml.progress import progress
@@ -94,6 +94,7 @@ def log_gradcam(
     probabilities: np.ndarray,
     per_class: int = 3,
     target: str = "predicted",
+    served_as: str = "",
 ) -> GradcamArtifacts:
     """Log one Grad-CAM grid per class of the test split to the active MLflow run.
 
@@ -102,7 +103,9 @@ def log_gradcam(
     misclassified ones: the original, the overlay and true/predicted label
     with the predicted probability. `probabilities` are the model's softmax
     outputs on `data.splits["test"]`, in that order (`TrainResult.test_probabilities`).
-    `target` picks the class the heatmap explains: "predicted" or "true".
+    `target` picks the class the heatmap explains: "predicted" or "true". `served_as` says
+    how the probabilities were made (`ServingConfig.describe`); the heat maps are of the
+    original view.
     """
     if target not in TARGETS:
         raise LeukomlError(f"gradcam target {target!r} is not one of {', '.join(TARGETS)}")
@@ -149,19 +152,21 @@ def log_gradcam(
         if not rows:
             log.info("Grad-CAM: no test image of class %s, no grid", class_name)
             continue
-        figure = _figure(rows, f"{class_name}: Grad-CAM of the {target} class "
-                               f"at layer {explainer.layer_name}")
+        figure = _figure(rows, f"{class_name}: Grad-CAM of the {target} class at layer "
+                               f"{explainer.layer_name}, original view\nprobabilities as served"
+                               + (f" ({served_as})" if served_as else ""))
         path = f"{names.GRADCAM_DIR}/{_file_stem(c, class_name)}.png"
         mlflow.log_figure(figure, path)
         paths.append(path)
     return GradcamArtifacts(explainer.layer_name, paths)
 
 
-def gallery_figure(model: keras.Model, images: np.ndarray, captions: Sequence[str],
-                   title: str, per_row: int = 4) -> Figure:
-    """Images (decoded as the model reads them) beside the Grad-CAM of their predicted
-    class, a caption each: the misclassified gallery of `-e evaluate`."""
-    explanation = GradCam(model).explain(np.asarray(images))
+def gallery_figure(model: keras.Model, images: np.ndarray, classes: Sequence[int],
+                   captions: Sequence[str], title: str, per_row: int = 4) -> Figure:
+    """Images (decoded as the model reads them) beside the Grad-CAM of `classes` (the served
+    predictions) on that original view, a caption each: the misclassified gallery of
+    `-e evaluate`."""
+    explanation = GradCam(model).explain(np.asarray(images), classes=classes)
     examples = [Example(image, heatmap, caption) for image, heatmap, caption in
                 zip(images, explanation.heatmaps, captions)]
     rows = [examples[i:i + per_row] for i in range(0, len(examples), per_row)]
@@ -187,58 +192,60 @@ def _image_files(source: Path) -> list[tuple[Path, Path]]:
     return [(p, p.relative_to(source)) for p in files]
 
 
-def explain_images(
-    model: keras.Model,
-    class_names: Sequence[str],
-    image_size: int,
-    images: str | Path,
-    output_dir: str | Path,
-    batch_size: int = 16,
-    crop: str = "none",
-) -> list[Path]:
-    """Grad-CAM of the predicted class for image files; writes one PNG per image.
+class ExplainedImage(NamedTuple):
+    """One file of `explain_images`: the served prediction its overlay is captioned with."""
 
-    `images` is a file or a folder (searched recursively). Files are decoded as
-    for training (`decode_image`: cropped to the cell with `crop="cell"`, squashed to
-    `image_size`); unreadable ones
-    are skipped with a warning. Each PNG, `<output_dir>/<relative path>.gradcam.png`,
-    shows the image, the overlay and the predicted class with its probability.
+    file: Path  # relative to the images given
+    png: Path  # the overlay written
+    label: str  # what the served model answers
+    probability: float  # its calibrated probability, over every test-time view
+    caption: str
+
+
+def explain_images(served, images: str | Path, output_dir: str | Path,
+                   batch_size: int = 16) -> list[ExplainedImage]:
+    """Grad-CAM of the served prediction for image files; writes one PNG per image.
+
+    `served` is a loaded leukoml pyfunc (`leukoml.serving.load_served_model`); its `read`
+    is the one prediction path of serving and `-e evaluate` (decode, crop, test-time
+    views, temperature), so the caption's label and probability are what the served model
+    answers. The heat map is Grad-CAM of that label on one view, the original (unflipped)
+    image as the (first) member network reads it, and the caption says so. `images` is a
+    file or a folder (searched recursively); unreadable files are skipped with a warning.
+    Each PNG is `<output_dir>/<relative path>.gradcam.png`.
     """
-    explainer = GradCam(model)
-    if explainer.n_classes != len(class_names):
-        raise LeukomlError(f"{len(class_names)} class names given for a model with "
-                           f"{explainer.n_classes} outputs")
-    if explainer.image_size != (image_size, image_size):
-        raise LeukomlError(f"image_size {image_size} does not match the model's input "
-                           f"{explainer.image_size}")
+    explainer = GradCam(served.keras_model)
+    members = served.config.members
+    view = "original view" + (f" by {members[0].backbone}" if len(members) > 1 else "")
+    served_as = served.config.describe()
     files = _image_files(Path(images).expanduser())
     output_dir = Path(output_dir)
-    # Decoded a chunk at a time: memory stays bounded, and a large folder
-    # still reaches the traced step.
+    # Read a chunk at a time: memory stays bounded, and a large folder still reaches the
+    # traced step.
     chunk = 2 * TRACE_FROM_BATCHES * batch_size
-    written = []
+    explained = []
     starts = range(0, len(files), chunk)
     for start in progress(starts, len(starts), f"Grad-CAM ({len(files)} images)", unit="chunk"):
-        decoded, kept = [], []
-        for path, relative in files[start:start + chunk]:
-            try:
-                decoded.append(decode_image(path.read_bytes(), image_size, crop=crop))
-            except ImageError as exc:
-                warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
-                continue
-            kept.append(relative)
-        if not decoded:
+        part = files[start:start + chunk]
+        answer = served.read([path.read_bytes() for path, _ in part], skip_unreadable=True)
+        for row, reason in answer.unreadable.items():
+            warnings.warn(f"skipping {part[row][0]}: {reason}", stacklevel=2)
+        if not len(answer.rows):
             continue
-        explanation = explainer.explain(np.stack(decoded), batch_size=batch_size)
-        for relative, image, heatmap, predicted, probabilities in zip(
-            kept, decoded, explanation.heatmaps, explanation.classes, explanation.probabilities
-        ):
-            caption = _caption(None, class_names[predicted], float(probabilities[predicted]))
+        pixels = answer.pixels[0]
+        heatmaps = explainer.explain(pixels, classes=answer.labels,
+                                     batch_size=batch_size).heatmaps
+        for row, image, heatmap, label, probability in zip(
+                answer.rows, pixels, heatmaps, answer.labels, answer.confidence):
+            relative = part[row][1]
+            name = served.class_names[label]
+            caption = f"{name} {probability:.2f}\nserved: {served_as}\nheat map: {view}"
             figure = _figure([[Example(image, heatmap, caption)]], str(relative))
             destination = output_dir / relative.parent / f"{relative.name}.gradcam.png"
             destination.parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(destination)
-            written.append(destination)
-    if not written:
+            explained.append(ExplainedImage(relative, destination, name, float(probability),
+                                            caption))
+    if not explained:
         raise LeukomlError(f"images: none of the files under {str(images)!r} could be decoded")
-    return written
+    return explained

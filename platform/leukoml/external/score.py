@@ -32,7 +32,7 @@ from leukoml.evaluation import (
 from leukoml.evaluation.calibration import reliability_figure
 from leukoml.external.plan import EvaluationPlan, ModelRef
 from leukoml.progress import progress
-from leukoml.serving import RequestError, load_served_model
+from leukoml.serving import load_served_model
 from leukoml.tracking import log_params
 
 log = logging.getLogger(__name__)
@@ -79,21 +79,15 @@ def _served(ref: ModelRef, tta: str):
 
 
 def predict_files(model, root: Path, files: list[str]) -> Predictions:
-    """Calibrated probabilities of `files`, a chunk at a time; unreadable ones set aside."""
+    """Calibrated probabilities of `files` as served (`LeukocyteClassifier.read`), a chunk at
+    a time; unreadable ones set aside."""
     kept, parts, unreadable = [], [], []
     chunks = [files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK)]
     for chunk in progress(chunks, len(chunks), "scoring", unit="batch"):
-        data = [(root / f).read_bytes() for f in chunk]
-        try:
-            parts.append(model.probabilities_of_files(data))
-            kept += chunk
-        except RequestError:  # find the bad file(s): one at a time
-            for file, one in zip(chunk, data):
-                try:
-                    parts.append(model.probabilities_of_files([one]))
-                    kept.append(file)
-                except RequestError as exc:
-                    unreadable.append((file, exc.message.split(": ", 1)[-1]))
+        answer = model.read([(root / f).read_bytes() for f in chunk], skip_unreadable=True)
+        parts.append(answer.probabilities)
+        kept += [chunk[r] for r in answer.rows]
+        unreadable += [(chunk[r], reason) for r, reason in answer.unreadable.items()]
     probabilities = np.concatenate(parts) if parts else np.zeros((0, len(model.class_names)))
     return Predictions(kept, probabilities, unreadable)
 
@@ -221,14 +215,15 @@ def _gallery(model, plan: EvaluationPlan, result: ExternalResult) -> None:
     from leukoml.explain import gallery_figure
     from leukoml.serving.runtime import decode_files
 
-    member = model.config.members[0]
     pixels = decode_files([(plan.images.root / f).read_bytes() for f in wrong["file"]],
-                          member, model.limits)
+                          model.config.members[0], model.limits)
+    classes = [model.class_names.index(p) for p in wrong["predicted"]]
     captions = [f"{Path(f).name}\ntrue: {t}\npred: {p} ({c:.2f})" for f, t, p, c in
                 zip(wrong["file"], wrong["true"], wrong["predicted"], wrong["confidence"])]
     try:
-        figure = gallery_figure(model.keras_model, pixels, captions,
-                                f"misclassified, most confident first ({len(wrong)})")
+        figure = gallery_figure(model.keras_model, pixels, classes, captions,
+                                f"misclassified, most confident first ({len(wrong)}); "
+                                f"served: {model.config.describe()}; heat map: original view")
     except Exception as exc:  # a diagnostic must not cost the evaluation
         log.warning("Grad-CAM gallery failed: %s", exc)
         return

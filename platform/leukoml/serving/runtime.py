@@ -75,6 +75,20 @@ class ServingConfig:
     def image_size(self) -> int:
         return self.members[0].image_size
 
+    def describe(self) -> str:
+        """How the served probabilities are made, for captions: `8 views, temperature 1.30`."""
+        from leukoml.data.augment import TTA_VIEWS
+
+        def made(m: Member) -> str:
+            n = TTA_VIEWS[m.tta]
+            return f"{n} view{'s' if n > 1 else ''}, temperature {m.temperature:.2f}"
+
+        if len(self.members) == 1:
+            return made(self.members[0])
+        return (f"ensemble of {len(self.members)} ("
+                + "; ".join(f"{m.backbone} {made(m)}" for m in self.members)
+                + f"), temperature {self.temperature:.2f}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -181,17 +195,24 @@ def request_images(frame: object, limits: Limits) -> list[bytes]:
             enumerate(frame[INPUT_COLUMN].tolist())]
 
 
-def decode_files(files: list[bytes], member: Member, limits: Limits) -> np.ndarray:
-    """(n, size, size, 3) uint8 as `member` reads them, or a `RequestError` naming the row."""
+def decode_files(files: list[bytes], member: Member, limits: Limits,
+                 unreadable: dict[int, str] | None = None) -> np.ndarray:
+    """(n, size, size, 3) uint8 as `member` reads them, or a `RequestError` naming the row.
+
+    Given `unreadable`, a file that cannot be read is noted there (row -> reason) and its
+    row left black instead: callers that skip bad files (explain, evaluate) decode once."""
     size = member.image_size
-    batch = np.empty((len(files), size, size, 3), np.uint8)
+    batch = np.zeros((len(files), size, size, 3), np.uint8)
     for row, data in enumerate(files):
         try:
             batch[row] = decode_image(data, size, max_pixels=limits.max_image_pixels,
                                       crop=member.crop)
         except ImageError as exc:
             # PIL's reasons can quote a few header bytes: escape and bound them.
-            raise RequestError(f"row {row}: {html.escape(str(exc))[:200]}") from None
+            reason = html.escape(str(exc))[:200]
+            if unreadable is None:
+                raise RequestError(f"row {row}: {reason}") from None
+            unreadable.setdefault(row, reason)
     return batch
 
 
@@ -211,11 +232,29 @@ def served_probabilities(forward, pixels, tta: str = "none", temperature: float 
     return with_temperature(probs, temperature) if temperature != 1.0 else probs
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The served model's answer for a batch of files, and the images it looked at."""
+
+    probabilities: np.ndarray  # (n, classes): calibrated, over every view (and member)
+    pixels: tuple[np.ndarray, ...]  # per member, (n, size, size, 3) uint8: the original view
+    rows: np.ndarray  # the position in the batch of each answered file
+    unreadable: dict[int, str] = field(default_factory=dict)  # position -> why it was skipped
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(axis=1) if len(self.probabilities) else np.zeros(0)
+
+
 class LeukocyteClassifier(mlflow.pyfunc.PythonModel):
     """The pyfunc: decode and classify a batch of image files, one Keras call per view.
 
     After loading it also serves Grad-CAM and evaluation: `config`, `class_names`,
-    `probabilities_of_files(files)`, and for the first (or only) member
+    `read(files)`, and for the first (or only) member
     `keras_model`, `backbone`, `image_size` and `probabilities(pixels)`.
     """
 
@@ -253,26 +292,36 @@ class LeukocyteClassifier(mlflow.pyfunc.PythonModel):
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of images decoded as the (only) member reads them."""
         if len(self.config.members) != 1:
-            raise ValueError("an ensemble reads files: use probabilities_of_files")
+            raise ValueError("an ensemble reads files: use read")
         return self._member_probabilities(0, pixels)
 
-    def probabilities_of_files(self, files: list[bytes]) -> np.ndarray:
-        """Calibrated probabilities of image files: each member decodes them its own way."""
+    def read(self, files: list[bytes], skip_unreadable: bool = False) -> Answer:
+        """The one prediction path of serving, explain and evaluate: each member decodes and
+        crops the files its way, averages its views and applies its temperature; an
+        ensemble averages the members and applies its own. A file that cannot be read is a
+        `RequestError` naming its row, or with `skip_unreadable` left out and named."""
         from leukoml.evaluation.calibration import with_temperature
 
-        parts = [self._member_probabilities(i, decode_files(files, member, self.limits))
-                 for i, member in enumerate(self.config.members)]
+        skipped: dict[int, str] = {}
+        decoded = [decode_files(files, member, self.limits, skipped if skip_unreadable else None)
+                   for member in self.config.members]
+        rows = np.array([r for r in range(len(files)) if r not in skipped], np.int64)
+        pixels = tuple(batch[rows] for batch in decoded)
+        if not len(rows):
+            return Answer(np.zeros((0, len(self.class_names))), pixels, rows, skipped)
+        parts = [self._member_probabilities(i, batch) for i, batch in enumerate(pixels)]
         probs = sum(parts) / len(parts)
-        return with_temperature(probs, self.config.temperature) if len(parts) > 1 else probs
+        if len(parts) > 1:
+            probs = with_temperature(probs, self.config.temperature)
+        return Answer(probs, pixels, rows, skipped)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        probs = self.probabilities_of_files(request_images(model_input, self.limits))
-        best = probs.argmax(axis=1)
-        frame = pd.DataFrame(probs, columns=self.columns[3:])
-        confidence = probs[np.arange(len(probs)), best]
+        answer = self.read(request_images(model_input, self.limits))
+        frame = pd.DataFrame(answer.probabilities, columns=self.columns[3:])
+        confidence = answer.confidence
         frame.insert(0, LOW_CONFIDENCE_COLUMN, confidence < self.config.min_confidence)
         frame.insert(0, CONFIDENCE_COLUMN, confidence)
-        frame.insert(0, LABEL_COLUMN, [self.class_names[i] for i in best])
+        frame.insert(0, LABEL_COLUMN, [self.class_names[i] for i in answer.labels])
         return frame
 
 

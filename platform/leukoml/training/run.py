@@ -222,9 +222,10 @@ def _log_predictions(data: PreparedData, probabilities: np.ndarray) -> None:
     }), names.PREDICTIONS_TABLE)
 
 
-def _explain(model: keras.Model, data: PreparedData, probabilities: np.ndarray) -> None:
+def _explain(model: keras.Model, data: PreparedData, probabilities: np.ndarray,
+             served: ServingConfig) -> None:
     try:
-        log_gradcam(model, data, probabilities)
+        log_gradcam(model, data, probabilities, served_as=served.describe())
     except Exception as exc:  # a diagnostic must not cost the trained model
         log.warning("Grad-CAM failed: %s", exc)
         mlflow.log_text(f"{type(exc).__name__}: {exc}\n", f"{names.GRADCAM_DIR}/error.txt")
@@ -273,14 +274,14 @@ def train_and_log(
     if gap > GAP_WARNING and not validation.interval("accuracy").contains(test.value("accuracy")):
         mlflow.set_tag(names.TAG_GAP_WARNING, f"validation accuracy exceeds test by {gap:.3f}, "
                        "outside its 95% interval: validation probably shares cells with train")
-    _explain(model, data, scored.test_probabilities)
+    member = Member(config.backbone, config.image_size, crop=config.crop, tta=config.tta,
+                    temperature=scored.temperature)
+    served = ServingConfig(list(data.class_names), (member,),
+                           test_scores={k: test.metrics[k] for k in names.TEST_SUMMARY})
+    _explain(model, data, scored.test_probabilities, served)
 
     model_uri = None
     if log_model:
-        member = Member(config.backbone, config.image_size, crop=config.crop, tta=config.tta,
-                        temperature=scored.temperature)
-        served = ServingConfig(list(data.class_names), (member,),
-                               test_scores={k: test.metrics[k] for k in names.TEST_SUMMARY})
         info = log_serving_model([model], served)
         mlflow.log_metrics({**test.metrics, **scored.extra}, model_id=info.model_id)
         model_uri = info.model_uri
