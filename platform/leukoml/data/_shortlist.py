@@ -104,9 +104,15 @@ def nearest(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     faiss = _faiss()
     index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 64
-    index.add(vectors)
+    blocks = range(0, len(vectors), CHUNK * 16)  # in blocks: a batch log hears from each
+    for start in progress(blocks, len(blocks), "sibling search: neighbour graph", unit="block"):
+        index.add(vectors[start:start + CHUNK * 16])
     index.hnsw.efSearch = max(HNSW_SEARCH, k + 1)
-    similarity, position = index.search(vectors, min(k + 1, len(vectors)))
+    found = [index.search(vectors[start:start + CHUNK * 16], min(k + 1, len(vectors)))
+             for start in progress(blocks, len(blocks), "sibling search: neighbours",
+                                   unit="block")]
+    similarity = np.concatenate([f[0] for f in found])
+    position = np.concatenate([f[1] for f in found])
     mine = position == np.arange(len(vectors))[:, None]
     similarity, position = similarity.copy(), position.copy()
     similarity[mine], position[mine] = -np.inf, -1  # an image is not its own candidate

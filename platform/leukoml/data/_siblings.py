@@ -227,6 +227,8 @@ def find_siblings(paths: list[str], workers: int | None = None,
         for i, row in enumerate(progress(rows, n, "sibling search: features")):
             store.write(i, row)
         phases = {"features": time.perf_counter() - start}
+        log.info("sibling search: features of %d images in %.0f s; shortlisting", n,
+                 phases["features"])
         usable = np.flatnonzero(store.count >= MIN_INLIERS)
         pairs, sims, rank = np.zeros((0, 2), np.int64), np.zeros(0, np.float32), np.zeros(0)
         if len(usable) >= 2:
@@ -234,6 +236,8 @@ def find_siblings(paths: list[str], workers: int | None = None,
             similarity, position = nearest(vectors[usable], NEIGHBOURS)
             pairs, sims, rank = candidate_pairs(usable, similarity, position)
         phases["shortlist"] = time.perf_counter() - start - sum(phases.values())
+        log.info("sibling search: %d candidate pairs in %.0f s; verifying", len(pairs),
+                 phases["shortlist"])
         scores = np.full((len(pairs), 2), np.nan)
         group = np.arange(n)
         todo = np.flatnonzero(rank < TRIES)
