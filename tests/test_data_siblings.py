@@ -138,8 +138,10 @@ def test_a_batch_log_hears_from_a_long_step(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="leukoml.progress"):
         assert list(progress.progress(range(3), 3, "sibling search: features")) == [0, 1, 2]
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[-1].startswith("sibling search: features: 3/3 img (")
-    assert "s left" in lines[0]
+    assert lines[0] == "sibling search: features: 0/3 img"  # a line when the step starts,
+    assert lines[-2].startswith("sibling search: features: 3/3 img (")  # as it goes,
+    assert "s left" in lines[1]
+    assert lines[-1].startswith("sibling search: features: 3 img in ")  # and when it ends
 
 
 def test_a_blank_image_has_no_features_of_the_wrong_shape():

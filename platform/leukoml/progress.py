@@ -31,8 +31,11 @@ def progress(items: Iterable[T], total: int | None = None, what: str = "",
 
 
 def _logged(items: Iterable[T], total: int | None, what: str, unit: str) -> Iterator[T]:
+    """A line when the step starts, every LOG_EVERY seconds, and when it ends."""
     start = last = time.monotonic()
     done = 0
+    of = f"/{total:,}" if total else ""
+    log.info("%s: 0%s %s", what, of, unit)
     for item in items:
         yield item
         done += 1
@@ -41,5 +44,5 @@ def _logged(items: Iterable[T], total: int | None, what: str, unit: str) -> Iter
             last = now
             rate = done / (now - start)
             left = f", ~{(total - done) / rate:.0f} s left" if total and rate > 0 else ""
-            of = f"/{total:,}" if total else ""
             log.info("%s: %s%s %s (%.1f %s/s%s)", what, f"{done:,}", of, unit, rate, unit, left)
+    log.info("%s: %s %s in %.0f s", what, f"{done:,}", unit, time.monotonic() - start)
