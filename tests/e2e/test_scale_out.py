@@ -155,7 +155,7 @@ url, space, me = sys.argv[1:4]
 print("ready", flush=True)
 sys.stdin.readline()
 storage = open_storage(url)
-study, parent = _open_study(load_search_space(space), "race", storage, me)
+study, parent = _open_study(load_search_space(space), "race", storage, me, 5)
 print(json.dumps({"me": me, "parent": parent, "added": fill_queue(study, 5, url)}))
 """
 
