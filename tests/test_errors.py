@@ -9,6 +9,8 @@ def test_the_closest_known_name_is_suggested_whatever_the_spelling():
     assert did_you_mean("max_epoch", ["max_epochs", "patience"]) == " (did you mean 'max_epochs'?)"
     assert did_you_mean("Max-Epochs", ["max_epochs"]) == " (did you mean 'max_epochs'?)"
     assert did_you_mean("zzz", ["max_epochs", "patience"]) == ""
+    assert did_you_mean("epochs", ["min_epochs", "max_epochs", "patience"]) == (
+        " (did you mean 'max_epochs' or 'min_epochs'?)")
 
 
 def test_a_library_error_becomes_one_line():

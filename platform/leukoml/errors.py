@@ -15,13 +15,16 @@ class LeukomlError(ValueError):
 
 
 def did_you_mean(word: str, known: Iterable[str]) -> str:
-    """` (did you mean 'x'?)` for the closest of `known` to a mistyped `word`, else ``.
+    """` (did you mean 'x'?)` for the closest of `known` to a mistyped `word` (` 'x' or 'y'`
+    when two are as close: `epochs` is as near `min_epochs` as `max_epochs`), else ``.
 
     Case, `-` and `_` are ignored when comparing: `max-epoch` finds `max_epochs`."""
     spelled = {k.lower().replace("-", "_"): k for k in known}
-    close = difflib.get_close_matches(str(word).lower().replace("-", "_"), spelled, n=1,
-                                      cutoff=0.6)
-    return f" (did you mean {spelled[close[0]]!r}?)" if close else ""
+    typed = str(word).lower().replace("-", "_")
+    close = difflib.get_close_matches(typed, spelled, n=2, cutoff=0.6)
+    score = [difflib.SequenceMatcher(None, typed, c).ratio() for c in close]
+    tied = sorted(spelled[c] for c, r in zip(close, score) if r == score[0])
+    return f" (did you mean {' or '.join(map(repr, tied))}?)" if close else ""
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -99,7 +99,7 @@ def test_a_trial_samples_every_dimension_into_a_valid_config():
 
 @pytest.mark.parametrize("raw, key, message", [
     ({"tiers": {"low": "all"}, "epochs": 3}, "(top level)",
-     "unknown key(s) 'epochs' (did you mean 'max_epochs'?)"),
+     "unknown key(s) 'epochs' (did you mean 'max_epochs' or 'min_epochs'?)"),
     ({"learning_rate": {"low": 0.1, "high": 0.01}}, "learning_rate", "low (0.1) > high (0.01)"),
     ({"learning_rate": {"low": 0, "high": 0.01, "log": True}}, "learning_rate", "outside (0, 10)"),
     ({"weight_decay": {"low": 0, "high": 0.01, "log": True}}, "weight_decay", "low > 0"),
