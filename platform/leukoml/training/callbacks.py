@@ -124,7 +124,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         try:
             super().on_train_begin(logs)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:  # h5py: RuntimeError on a torn file
             log.warning("the backup in %s cannot be read (%s): starting from epoch 1",
                         self.backup_dir, exc)
             shutil.rmtree(self.backup_dir, ignore_errors=True)
