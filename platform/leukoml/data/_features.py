@@ -69,8 +69,9 @@ def sift_features(grey: np.ndarray, sift=None) -> tuple[np.ndarray, np.ndarray, 
     return points[order], np.clip(desc[order] * 512, 0, 255).astype(np.uint8), thumb
 
 
-def image_features(path: str, side: int = FEATURE_SIDE) -> ImageFeatures | None:
-    """Features of an image file at `side` px; None if it cannot be decoded."""
+def feature_row(path: str, side: int = FEATURE_SIDE) -> tuple | None:
+    """What a worker sends back for one file: (count, width, points, descriptors, thumb);
+    None if it cannot be decoded."""
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already: OpenCV's own threads only contend
@@ -79,20 +80,16 @@ def image_features(path: str, side: int = FEATURE_SIDE) -> ImageFeatures | None:
     except (OSError, ImageError):
         return None
     points, desc, thumb = sift_features(grey)
-    return ImageFeatures.from_plain(points, desc, thumb, grey.shape[1])
-
-
-def feature_row(path: str) -> tuple | None:
-    """What a worker sends back for one file: (count, width, points, descriptors, thumb)."""
-    import cv2
-
-    cv2.setNumThreads(1)
-    try:
-        grey = decode_gray(Path(path).read_bytes(), FEATURE_SIDE)
-    except (OSError, ImageError):
-        return None
-    points, desc, thumb = sift_features(grey)
     return len(points), grey.shape[1], points, desc, thumb
+
+
+def image_features(path: str, side: int = FEATURE_SIDE) -> ImageFeatures | None:
+    """Features of an image file at `side` px; None if it cannot be decoded."""
+    row = feature_row(path, side)
+    if row is None:
+        return None
+    _, width, points, desc, thumb = row
+    return ImageFeatures.from_plain(points, desc, thumb, width)
 
 
 def _row_bytes(name: str) -> int:
